@@ -1,0 +1,50 @@
+"""Sizes and limits shared by the daemon and the BPF programs, defined here once.
+
+The C in ``bpf/`` receives them as ``-D`` flags (see ``cflags()``); nothing in ``bpf/``
+repeats a number that is defined here.
+"""
+
+from __future__ import annotations
+
+# Slice ids are 14 bits so that both of a slice's HTB minors fit in 16 bits (see classid.py).
+MAX_SLICE_ID = 0x3FFF
+DEFAULT_SLICE_ID = 0
+DEFAULT_SLICE_NAME = "default"
+# Configured slices, not counting the default slice.
+MAX_SLICES = MAX_SLICE_ID
+# Entries per family in the exempt and source-prefix LPM tries.
+MAX_PREFIXES = 16384
+# Entries in each of the mark, uid and cgroup match maps.
+MAX_MATCHES = 16384
+# cgroup v2 ancestors the classifier walks, deepest first (bpf_skb_ancestor_cgroup_id).
+MAX_CGROUP_DEPTH = 16
+# Destinations remembered per CPU in front of the exempt LPM tries.
+DCLASS_CACHE_ENTRIES = 4096
+
+DCLASSES = ("normal", "exempt")
+DCLASS_NORMAL = 0
+DCLASS_EXEMPT = 1
+
+# Datapath error reasons, in the order of enum bwbpf_error in bpf/bwbpf.h (checked by a test).
+ERROR_REASONS = ("truncated", "counter_lookup", "slice_out_of_range")
+
+
+def cflags() -> list[str]:
+    """The -D flags that give the C its sizes."""
+    values = {
+        "BWBPF_MAX_SLICE_ID": MAX_SLICE_ID,
+        "BWBPF_DEFAULT_SLICE_ID": DEFAULT_SLICE_ID,
+        "BWBPF_MAX_PREFIXES": MAX_PREFIXES,
+        "BWBPF_MAX_MATCHES": MAX_MATCHES,
+        "BWBPF_MAX_CGROUP_DEPTH": MAX_CGROUP_DEPTH,
+        "BWBPF_DCLASS_CACHE_ENTRIES": DCLASS_CACHE_ENTRIES,
+        "BWBPF_NUM_ERRORS": len(ERROR_REASONS),
+    }
+    from bwbpf import classid
+
+    values.update(
+        BWBPF_HTB_MAJOR=classid.HTB_MAJOR,
+        BWBPF_MINOR_NORMAL_BASE=classid.MINOR_BASE[DCLASS_NORMAL],
+        BWBPF_MINOR_EXEMPT_BASE=classid.MINOR_BASE[DCLASS_EXEMPT],
+    )
+    return [f"-D{k}={v}" for k, v in values.items()]

@@ -1,0 +1,46 @@
+#!/bin/sh
+# Install what bwbpf needs from Debian and make bcc find kernel headers. Idempotent: a
+# second run changes nothing and says so. Run as root (make setup does).
+set -eu
+
+PACKAGES="python3-bpfcc python3-venv bpftool iproute2 iperf3 kmod"
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q $missing >/dev/null 2>&1 || {
+        apt-get update -q >/dev/null
+        apt-get install -y -q $missing >/dev/null
+    }
+fi
+
+# bcc compiles against /lib/modules/$(uname -r)/build. Prefer the running kernel's own
+# headers; without them, tc programs need only UAPI structs, so Debian's generic headers
+# work when linked where bcc looks (measured on kernel 6.18 with 6.1 headers, DESIGN.md).
+release=$(uname -r)
+build=/lib/modules/$release/build
+if [ ! -e "$build/include" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    if apt-get install -y -q "linux-headers-$release" >/dev/null 2>&1; then
+        echo "setup: installed linux-headers-$release"
+    else
+        dpkg-query -W -f='${Status}' linux-headers-amd64 2>/dev/null | grep -q "ok installed" ||
+            apt-get install -y -q linux-headers-amd64 >/dev/null
+        generic=$(ls -d /usr/src/linux-headers-*-amd64 | sort -V | tail -n1)
+        common=${generic%-amd64}-common
+        mkdir -p "/lib/modules/$release"
+        ln -sfn "$generic" "$build"
+        ln -sfn "$common" "/lib/modules/$release/source"
+        echo "setup: no headers for kernel $release; linked generic $(basename "$generic") as $build (tc programs use only UAPI structs)"
+    fi
+fi
+
+# The BPF filesystem is where bwbpf pins its maps; a new machine may not have it mounted.
+if ! mountpoint -q /sys/fs/bpf; then
+    mkdir -p /sys/fs/bpf
+    mount -t bpf bpf /sys/fs/bpf
+    echo "setup: mounted bpffs at /sys/fs/bpf"
+fi
