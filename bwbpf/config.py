@@ -130,7 +130,14 @@ _SLICE_KEYS = {"name", "id", "match", "share", "normal", "exempt"}
 _MATCH_KEYS = {"mark", "uid", "cgroup", "src"}
 _EXEMPT_KEYS = {"prefixes", "files"}
 _NOTIFY_KEYS = {
-    "smtp", "starttls", "username", "password", "sendmail", "from", "operator", "slice_address",
+    "smtp",
+    "starttls",
+    "username",
+    "password",
+    "sendmail",
+    "from",
+    "operator",
+    "slice_address",
 }
 _TOP_KEYS = {"node", "quota", "defaults", "exempt", "notify", "slice", "default_slice"}
 
@@ -336,8 +343,11 @@ def _match(c: _Checker, key: str, raw: object) -> Match:
     uids = [c.integer(f"{key}.uid", v, 0, 2**32 - 2) for v in _as_list(m.get("uid"))]
     for uid in uids:
         if uid == OVERFLOW_UID:
-            c.fail(f"{key}.uid", f"{OVERFLOW_UID} is the kernel's uid for packets without a"
-                   " local socket and cannot name a slice")
+            c.fail(
+                f"{key}.uid",
+                f"{OVERFLOW_UID} is the kernel's uid for packets without a"
+                " local socket and cannot name a slice",
+            )
     cgroups = [c.string(f"{key}.cgroup", v) for v in _as_list(m.get("cgroup"))]
     for path in cgroups:
         if path is not None and not os.path.isabs(path):
@@ -427,17 +437,32 @@ def _check_node_caps(c: _Checker, s: Slice, key: str, node_cap: int, line_rate: 
         q: ClassQuota = getattr(s, dclass)
         ceiling = parents[dclass] // 4
         if q.min_rate_bps > ceiling:
-            c.warn(f"{key}.{dclass}.min_rate",
-                   f"{q.min_rate_bps} bit/s clamped to 25% of the parent's ceiling: {ceiling} bit/s")
-            changed[dclass] = ClassQuota(q.limit_bytes, q.threshold_bytes, ceiling,
-                                         max(q.max_rate_bps, ceiling), q.avg_rate_bps)
+            c.warn(
+                f"{key}.{dclass}.min_rate",
+                f"{q.min_rate_bps} bit/s clamped to 25% of the parent's ceiling: {ceiling} bit/s",
+            )
+            changed[dclass] = ClassQuota(
+                q.limit_bytes,
+                q.threshold_bytes,
+                ceiling,
+                max(q.max_rate_bps, ceiling),
+                q.avg_rate_bps,
+            )
         if q.max_rate_bps > parents[dclass]:
-            c.fail(f"{key}.{dclass}.max_rate",
-                   f"{q.max_rate_bps} bit/s is above its parent's ceiling {parents[dclass]} bit/s")
+            c.fail(
+                f"{key}.{dclass}.max_rate",
+                f"{q.max_rate_bps} bit/s is above its parent's ceiling {parents[dclass]} bit/s",
+            )
     if not changed:
         return s
-    return Slice(s.name, s.id, s.match, s.share, changed.get("normal", s.normal),
-                 changed.get("exempt", s.exempt))
+    return Slice(
+        s.name,
+        s.id,
+        s.match,
+        s.share,
+        changed.get("normal", s.normal),
+        changed.get("exempt", s.exempt),
+    )
 
 
 def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Config:
@@ -478,10 +503,18 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
     max_rates = {"normal": node_cap or 1, "exempt": line_rate or 1}
     base = Path(path).parent
     exempt = _exempt(c, doc.get("exempt"), base)
-    default_raw = c.table(doc.get("default_slice"), "default_slice", _SLICE_KEYS - {"id", "name",
-                                                                                  "match"})
-    default_slice = _slice(c, "default_slice", default_raw, defaults, max_rates,
-                           limits.DEFAULT_SLICE_NAME, limits.DEFAULT_SLICE_ID)
+    default_raw = c.table(
+        doc.get("default_slice"), "default_slice", _SLICE_KEYS - {"id", "name", "match"}
+    )
+    default_slice = _slice(
+        c,
+        "default_slice",
+        default_raw,
+        defaults,
+        max_rates,
+        limits.DEFAULT_SLICE_NAME,
+        limits.DEFAULT_SLICE_ID,
+    )
     if default_slice is not None:
         default_slice = _check_node_caps(c, default_slice, "default_slice", node_cap, line_rate)
 
@@ -512,15 +545,20 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
         elif sid is not None:
             ids[sid] = key
         if "match" not in raw:
-            c.fail(f"{key}.match", "missing: say how packets are recognised (mark, uid, cgroup"
-                   " or src)")
+            c.fail(
+                f"{key}.match", "missing: say how packets are recognised (mark, uid, cgroup or src)"
+            )
         s = _slice(c, key, raw, defaults, max_rates, name or "?", sid or 0)
         if s is None or name is None or sid is None:
             continue
         if "match" in raw and s.match.empty():
             c.fail(f"{key}.match", "is empty")
-        for kind, values in (("mark", s.match.marks), ("uid", s.match.uids),
-                             ("cgroup", s.match.cgroups), ("src", s.match.src)):
+        for kind, values in (
+            ("mark", s.match.marks),
+            ("uid", s.match.uids),
+            ("cgroup", s.match.cgroups),
+            ("src", s.match.src),
+        ):
             for v in values:
                 if (kind, v) in owners:
                     c.fail(f"{key}.match.{kind}", f"{v} already matches {owners[(kind, v)]}")

@@ -1,0 +1,74 @@
+/* Structs and constants shared by every bwbpf program and read by the daemon.
+ *
+ * Sizes come from bwbpf/limits.py as -D flags (one definition, STYLE.md #3); the daemon
+ * reads these layouts through bcc's ctypes (table.Key/table.Leaf) or through the mirror in
+ * bwbpf/layout.py, which a test compares with the structs below.
+ */
+#ifndef BWBPF_H
+#define BWBPF_H
+
+#include <linux/types.h>
+
+#ifndef BWBPF_MAX_SLICE_ID
+#error "sizes come from bwbpf/limits.py: compile through bwbpf.datapath"
+#endif
+
+/* Counters are indexed by slice id and destination class: one per-CPU array slot each. */
+#define BWBPF_NUM_DCLASSES 2
+#define BWBPF_COUNTER_SLOTS ((BWBPF_MAX_SLICE_ID + 1) * BWBPF_NUM_DCLASSES)
+
+enum bwbpf_dclass {
+	BWBPF_DCLASS_NORMAL = 0, /* everything not in the exempt prefix set */
+	BWBPF_DCLASS_EXEMPT = 1, /* destination inside an exempt prefix */
+};
+
+/* Why a packet took the fail-open path. Order matches limits.ERROR_REASONS. */
+enum bwbpf_error {
+	BWBPF_ERR_TRUNCATED = 0,          /* an L2/L3 header ends past data_end */
+	BWBPF_ERR_COUNTER_LOOKUP = 1,     /* a per-CPU array lookup returned NULL */
+	BWBPF_ERR_SLICE_OUT_OF_RANGE = 2, /* a match map held a slice id above the max */
+};
+
+/* Which match kinds and options are in use: the program skips the lookups of unused kinds,
+ * so a node matching only by mark pays for one hash lookup. */
+enum bwbpf_flags {
+	BWBPF_F_MARK = 1 << 0,
+	BWBPF_F_CGROUP = 1 << 1,
+	BWBPF_F_UID = 1 << 2,
+	BWBPF_F_SRC4 = 1 << 3,
+	BWBPF_F_SRC6 = 1 << 4,
+	BWBPF_F_EXEMPT4 = 1 << 5,
+	BWBPF_F_EXEMPT6 = 1 << 6,
+	BWBPF_F_NO_L2 = 1 << 7, /* the device has no link-layer header (tun, wireguard) */
+};
+
+/* Value of the per-CPU counters array: what HTB counts, per (slice, dclass). */
+struct bwbpf_counter {
+	__u64 bytes;   /* sum of skb->wire_len: equals HTB's class byte counter */
+	__u64 packets; /* sum of max(gso_segs, 1): equals HTB's packet counter */
+};
+
+/* The one-entry settings array. */
+struct bwbpf_settings {
+	__u32 flags;         /* enum bwbpf_flags */
+	__u32 cgroup_levels; /* bit L set: some configured cgroup sits at cgroup v2 level L */
+};
+
+/* LPM trie keys: prefixlen first, as BPF_MAP_TYPE_LPM_TRIE requires (struct bpf_lpm_trie_key). */
+struct bwbpf_lpm4 {
+	__u32 prefixlen;
+	__u8 addr[4]; /* network byte order */
+};
+
+struct bwbpf_lpm6 {
+	__u32 prefixlen;
+	__u8 addr[16]; /* network byte order */
+};
+
+/* Key of the per-CPU cache of recent destinations in front of the exempt tries. */
+struct bwbpf_dst {
+	__u32 family; /* 4 or 6 */
+	__u8 addr[16]; /* IPv4 uses the first 4 bytes, the rest stay zero */
+};
+
+#endif /* BWBPF_H */

@@ -1,0 +1,244 @@
+/* bwbpf egress classifier: a cls_bpf program in direct-action mode on the HTB root qdisc.
+ *
+ * For every packet: find its slice (fwmark, cgroup v2 subtree, socket uid, source prefix,
+ * else the default slice), its destination class (exempt prefix or normal), add its wire
+ * bytes and GSO segments to the per-CPU counters of (slice, dclass), and send it to that
+ * pair's HTB class. It never drops and never returns classid 0: that would be HTB's
+ * unshaped direct queue. Everything that goes wrong is counted in `errors` and the packet
+ * continues on the fail-open path (default slice, normal class).
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+
+#include "bwbpf.h"
+
+/* Only these two outlive a reload: the pinned copies are reused, so counts carry over. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct bwbpf_counter, counters, BWBPF_COUNTER_SLOTS,
+		 BWBPF_PIN_DIR "/counters");
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, errors, BWBPF_NUM_ERRORS,
+		 BWBPF_PIN_DIR "/errors");
+
+/* The match and exempt maps are filled from the config before the program goes live, so a
+ * new program starts fully configured and replaces the old one in a single step. */
+BPF_ARRAY(settings, struct bwbpf_settings, 1);
+BPF_HASH(slice_by_mark, __u32, __u32, BWBPF_MAX_MATCHES);
+BPF_HASH(slice_by_uid, __u32, __u32, BWBPF_MAX_MATCHES);
+BPF_HASH(slice_by_cgroup, __u64, __u32, BWBPF_MAX_MATCHES);
+BPF_LPM_TRIE(slice_by_src4, struct bwbpf_lpm4, __u32, BWBPF_MAX_PREFIXES);
+BPF_LPM_TRIE(slice_by_src6, struct bwbpf_lpm6, __u32, BWBPF_MAX_PREFIXES);
+BPF_LPM_TRIE(exempt4, struct bwbpf_lpm4, __u32, BWBPF_MAX_PREFIXES);
+BPF_LPM_TRIE(exempt6, struct bwbpf_lpm6, __u32, BWBPF_MAX_PREFIXES);
+/* Recent destinations and their class, per CPU: a hit costs a fraction of a walk through a
+ * 10,000-prefix trie. Never stale: it lives and dies with this program and its tries. */
+BPF_TABLE("lru_percpu_hash", struct bwbpf_dst, __u32, dclass_cache, BWBPF_DCLASS_CACHE_ENTRIES);
+
+#define ETH_P_8021Q_BE 0x0081  /* htons(0x8100) */
+#define ETH_P_8021AD_BE 0xa888 /* htons(0x88a8) */
+#define ETH_P_IP_BE 0x0008     /* htons(0x0800) */
+#define ETH_P_IPV6_BE 0xdd86   /* htons(0x86dd) */
+
+struct vlan_tag {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct parsed {
+	__u32 family; /* 0 = not IP, 4, 6 */
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+static __always_inline void count_error(__u32 reason)
+{
+	__u64 *n = errors.lookup(&reason);
+
+	if (n)
+		*n += 1;
+}
+
+/* Fill p from the packet. Returns -1 when a header is cut short (counted by the caller). */
+static __always_inline int parse(struct __sk_buff *skb, __u32 flags, struct parsed *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	void *l3 = data;
+	__be16 proto = skb->protocol;
+
+	if (!(flags & BWBPF_F_NO_L2)) {
+		struct ethhdr *eth = data;
+
+		if ((void *)(eth + 1) > data_end)
+			return -1;
+		proto = eth->h_proto;
+		l3 = eth + 1;
+		/* Up to two tags in the packet (802.1ad outer + 802.1Q inner); an offloaded tag
+		 * lives in skb->vlan_tci and is not in the data at all. */
+#pragma unroll
+		for (int i = 0; i < 2; i++) {
+			if (proto != ETH_P_8021Q_BE && proto != ETH_P_8021AD_BE)
+				break;
+			struct vlan_tag *tag = l3;
+
+			if ((void *)(tag + 1) > data_end)
+				return -1;
+			proto = tag->proto;
+			l3 = tag + 1;
+		}
+	}
+
+	if (proto == ETH_P_IP_BE) {
+		struct iphdr *ip = l3;
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		p->family = 4;
+		__builtin_memcpy(p->src, &ip->saddr, 4);
+		__builtin_memcpy(p->dst, &ip->daddr, 4);
+	} else if (proto == ETH_P_IPV6_BE) {
+		struct ipv6hdr *ip6 = l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		p->family = 6;
+		__builtin_memcpy(p->src, &ip6->saddr, 16);
+		__builtin_memcpy(p->dst, &ip6->daddr, 16);
+	}
+	return 0;
+}
+
+/* The slice id of the deepest configured cgroup v2 ancestor of the packet's socket, or -1. */
+static __always_inline int cgroup_slice(struct __sk_buff *skb, __u32 levels)
+{
+#pragma unroll
+	for (int level = BWBPF_MAX_CGROUP_DEPTH; level >= 1; level--) {
+		if (!(levels & (1u << level)))
+			continue;
+		__u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
+
+		if (!id)
+			continue;
+		__u32 *slice = slice_by_cgroup.lookup(&id);
+
+		if (slice)
+			return *slice;
+	}
+	return -1;
+}
+
+static __always_inline __u32 find_slice(struct __sk_buff *skb, __u32 flags, __u32 levels,
+					struct parsed *p)
+{
+	__u32 *slice;
+
+	if (flags & BWBPF_F_MARK) {
+		__u32 mark = skb->mark;
+
+		slice = slice_by_mark.lookup(&mark);
+		if (slice)
+			return *slice;
+	}
+	if (flags & BWBPF_F_CGROUP) {
+		int s = cgroup_slice(skb, levels);
+
+		if (s >= 0)
+			return s;
+	}
+	if (flags & BWBPF_F_UID) {
+		__u32 uid = bpf_get_socket_uid(skb);
+
+		slice = slice_by_uid.lookup(&uid);
+		if (slice)
+			return *slice;
+	}
+	if (p->family == 4 && (flags & BWBPF_F_SRC4)) {
+		struct bwbpf_lpm4 key = {.prefixlen = 32};
+
+		__builtin_memcpy(key.addr, p->src, 4);
+		slice = slice_by_src4.lookup(&key);
+		if (slice)
+			return *slice;
+	} else if (p->family == 6 && (flags & BWBPF_F_SRC6)) {
+		struct bwbpf_lpm6 key = {.prefixlen = 128};
+
+		__builtin_memcpy(key.addr, p->src, 16);
+		slice = slice_by_src6.lookup(&key);
+		if (slice)
+			return *slice;
+	}
+	return BWBPF_DEFAULT_SLICE_ID;
+}
+
+static __always_inline __u32 find_dclass(__u32 flags, struct parsed *p)
+{
+	struct bwbpf_dst dst = {.family = p->family};
+	__u32 dclass = BWBPF_DCLASS_NORMAL;
+	__u32 *cached;
+
+	if (p->family == 4 && (flags & BWBPF_F_EXEMPT4)) {
+		__builtin_memcpy(dst.addr, p->dst, 4);
+		cached = dclass_cache.lookup(&dst);
+		if (cached)
+			return *cached;
+		struct bwbpf_lpm4 key = {.prefixlen = 32};
+
+		__builtin_memcpy(key.addr, p->dst, 4);
+		if (exempt4.lookup(&key))
+			dclass = BWBPF_DCLASS_EXEMPT;
+	} else if (p->family == 6 && (flags & BWBPF_F_EXEMPT6)) {
+		__builtin_memcpy(dst.addr, p->dst, 16);
+		cached = dclass_cache.lookup(&dst);
+		if (cached)
+			return *cached;
+		struct bwbpf_lpm6 key = {.prefixlen = 128};
+
+		__builtin_memcpy(key.addr, p->dst, 16);
+		if (exempt6.lookup(&key))
+			dclass = BWBPF_DCLASS_EXEMPT;
+	} else {
+		return BWBPF_DCLASS_NORMAL;
+	}
+	dclass_cache.update(&dst, &dclass);
+	return dclass;
+}
+
+int bwbpf_egress(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct bwbpf_settings *cfg = settings.lookup(&zero);
+	__u32 flags = cfg ? cfg->flags : 0;
+	__u32 levels = cfg ? cfg->cgroup_levels : 0;
+	struct parsed p = {};
+	__u32 slice, dclass = BWBPF_DCLASS_NORMAL;
+
+	if (parse(skb, flags, &p) < 0) {
+		count_error(BWBPF_ERR_TRUNCATED);
+		p.family = 0;
+	}
+	slice = find_slice(skb, flags, levels, &p);
+	if (slice > BWBPF_MAX_SLICE_ID) {
+		count_error(BWBPF_ERR_SLICE_OUT_OF_RANGE);
+		slice = BWBPF_DEFAULT_SLICE_ID;
+	}
+	if (p.family)
+		dclass = find_dclass(flags, &p);
+
+	__u32 slot = slice * BWBPF_NUM_DCLASSES + dclass;
+	struct bwbpf_counter *c = counters.lookup(&slot);
+
+	if (c) {
+		__u32 segs = skb->gso_segs;
+
+		c->bytes += skb->wire_len;
+		c->packets += segs ? segs : 1;
+	} else {
+		count_error(BWBPF_ERR_COUNTER_LOOKUP);
+	}
+	skb->tc_classid = (BWBPF_HTB_MAJOR << 16) |
+			  (dclass == BWBPF_DCLASS_EXEMPT ? BWBPF_MINOR_EXEMPT_BASE
+							 : BWBPF_MINOR_NORMAL_BASE) |
+			  slice;
+	return TC_ACT_OK;
+}

@@ -1,0 +1,207 @@
+"""The ``bwbpf`` command: a thin layer that turns bwbpf.Error into one line and exit 1."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from bwbpf import __version__, config
+from bwbpf.errors import ConfigError, Error
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_CONFIG = "/etc/bwbpf/bwbpf.toml"
+
+
+def _friendly(func: F) -> F:
+    """bwbpf.Error → one line on stderr and exit 1; a traceback only with --debug."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.echo(f"bwbpf: {problem}", err=True)
+            sys.exit(1)
+        except Error as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise click.ClickException(str(exc)) from None
+        except PermissionError as exc:
+            raise click.ClickException(
+                f"{exc.strerror}: {exc.filename or ''} (run as root)"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+config_option = click.option(
+    "--config",
+    "-c",
+    "config_path",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The TOML configuration file.",
+)
+
+
+def _load(path: str) -> config.Config:
+    cfg = config.load(path)
+    for warning in cfg.warnings:
+        logging.getLogger("bwbpf").warning("%s", warning)
+    return cfg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(__version__, prog_name="bwbpf")
+def main(debug: bool, verbose: int) -> None:
+    """Per-slice egress accounting and daily byte quotas with eBPF and HTB.
+
+    \b
+    Examples:
+      bwbpf check -c /etc/bwbpf/bwbpf.toml     validate a configuration
+      bwbpf up -c bwbpf.toml                   install the classifier and HTB tree
+      bwbpf stat -c bwbpf.toml                 where every slice stands
+      bwbpf stat -c bwbpf.toml --json alice 5  alice's usage as JSON every 5 s
+      bwbpf run -c bwbpf.toml                  the quota daemon
+      bwbpf down -c bwbpf.toml                 remove everything bwbpf installed
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="bwbpf: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+@main.command()
+@config_option
+@_friendly
+def check(config_path: str) -> None:
+    """Validate a configuration: exit 0 if valid, else 1 with every problem on stderr.
+
+    \b
+    Example:
+      bwbpf check -c /etc/bwbpf/bwbpf.toml
+    """
+    cfg = config.load(config_path)
+    for warning in cfg.warnings:
+        click.echo(f"bwbpf: warning: {warning}", err=True)
+    click.echo(
+        f"{config_path}: ok: {len(cfg.slices)} slices on {cfg.interface},"
+        f" {len(cfg.exempt_prefixes)} exempt prefixes"
+    )
+
+
+@main.command()
+@config_option
+@_friendly
+def up(config_path: str) -> None:
+    """Install or refresh the classifier and the HTB tree (idempotent).
+
+    Counters are pinned in bpffs and survive this command exiting and running again.
+
+    \b
+    Example:
+      bwbpf up -c /etc/bwbpf/bwbpf.toml
+    """
+    from bwbpf import node
+
+    cfg = _load(config_path)
+    report = node.up(cfg)
+    click.echo(
+        f"{cfg.interface}: classifier attached; {len(cfg.slices) + 1} slices;"
+        f" {report.class_changes} class changes, {len(report.classes_removed)} removed"
+    )
+
+
+@main.command()
+@config_option
+@_friendly
+def down(config_path: str) -> None:
+    """Remove everything bwbpf installed on the interface (qdisc, classes, filter, pins).
+
+    \b
+    Example:
+      bwbpf down -c /etc/bwbpf/bwbpf.toml
+    """
+    from bwbpf import node
+
+    cfg = config.load(config_path, check_interface=False)
+    removed = node.down(cfg)
+    if not removed:
+        click.echo(f"{cfg.interface}: nothing of bwbpf's was installed")
+    for line in removed:
+        click.echo(f"removed {line}")
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document per report.")
+@click.argument("args", nargs=-1)
+@_friendly
+def stat(config_path: str, as_json: bool, args: tuple[str, ...]) -> None:
+    """Usage per slice and destination class: [SLICE ...] [INTERVAL [COUNT]].
+
+    Trailing numbers are the interval in seconds and the number of reports, as in bcc's
+    tools; names before them select slices.
+
+    \b
+    Examples:
+      bwbpf stat -c bwbpf.toml              one report of every slice
+      bwbpf stat -c bwbpf.toml alice bob    only these slices
+      bwbpf stat -c bwbpf.toml 2            every 2 s until Ctrl-C
+      bwbpf stat -c bwbpf.toml --json 1 5   five JSON documents, 1 s apart
+    """
+    from bwbpf import report
+
+    names, interval, count = _split_stat_args(args)
+    cfg = _load(config_path)
+    unknown = [n for n in names if n not in {s.name for s in cfg.all_slices()}]
+    if unknown:
+        raise click.UsageError(f"no such slice: {', '.join(unknown)}")
+    n = 0
+    while True:
+        doc = report.build(cfg, names)
+        if as_json:
+            click.echo(json.dumps(doc, sort_keys=True))
+        else:
+            click.echo(report.render(doc))
+        n += 1
+        if interval is None or (count is not None and n >= count):
+            break
+        time.sleep(interval)
+
+
+def _split_stat_args(args: tuple[str, ...]) -> tuple[list[str], float | None, int | None]:
+    numbers: list[str] = []
+    rest = list(args)
+    while rest and _is_number(rest[-1]) and len(numbers) < 2:
+        numbers.insert(0, rest.pop())
+    if any(_is_number(a) for a in rest):
+        raise click.UsageError("INTERVAL and COUNT come after the slice names")
+    interval = float(numbers[0]) if numbers else None
+    count = int(numbers[1]) if len(numbers) > 1 else None
+    if interval is not None and interval <= 0:
+        raise click.UsageError("INTERVAL must be above 0")
+    if len(numbers) > 1 and (not numbers[1].isdigit() or int(numbers[1]) < 1):
+        raise click.UsageError("COUNT must be a whole number above 0")
+    return rest, interval, count
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,381 @@
+"""The kernel half: compile and load bpf/egress.c with bcc, fill its maps from the config,
+attach it to the HTB root qdisc, and read the pinned counters back.
+
+Counters and error counters are pinned in ``<bpffs>/bwbpf/<interface>/`` and reused by
+every later load, so no count is lost when a program is replaced or its loader exits. The
+match and exempt maps belong to one program: a new program gets fresh ones, filled before
+it replaces the old one in a single netlink request (``tc filter replace``), so there is no
+moment when packets go unclassified or half-configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bwbpf import bpfsys, classid, layout, limits
+from bwbpf.config import Config, Network
+from bwbpf.errors import Error
+
+log = logging.getLogger(__name__)
+
+PROGRAM_NAME = "bwbpf_egress"
+# The filter's place on the HTB root qdisc: one filter, always at this priority and handle.
+FILTER_PRIO = 1
+FILTER_HANDLE = 1
+ETH_P_ALL = 0x0003
+COUNTER_SLOTS = (limits.MAX_SLICE_ID + 1) * len(limits.DCLASSES)
+PINNED_MAPS = {
+    # name: (type, key size, value size, max entries) as bpf/egress.c declares them
+    "counters": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, ctypes.sizeof(layout.Counter), COUNTER_SLOTS),
+    "errors": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(limits.ERROR_REASONS)),
+}
+PROGRAM_PIN = "prog"
+
+
+def bpf_source_dir() -> Path:
+    """bpf/ beside the package in a source tree, else where ``make install`` puts it."""
+    for candidate in (
+        Path(__file__).resolve().parent.parent / "bpf",
+        Path("/usr/local/share/bwbpf/bpf"),
+        Path("/usr/share/bwbpf/bpf"),
+    ):
+        if (candidate / "egress.c").is_file():
+            return candidate
+    raise Error("cannot find bpf/egress.c (looked beside the package and in /usr/share/bwbpf)")
+
+
+def cgroup2_mount() -> str:
+    """Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified hosts,
+    /sys/fs/cgroup/unified on hybrid ones. Read from /proc/mounts, never assumed."""
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return fields[1]
+    raise Error("no cgroup v2 hierarchy is mounted; cgroup matches need one")
+
+
+@dataclass(frozen=True)
+class CgroupRef:
+    """A configured cgroup resolved to what the classifier sees: its id (the directory's
+    inode number) and its level below the root (bpf_skb_ancestor_cgroup_id)."""
+
+    id: int
+    level: int
+
+
+def resolve_cgroup(path: str, mount: str) -> CgroupRef:
+    """A path under the cgroup v2 mount, or one relative to it (``/system.slice/x``)."""
+    full = (
+        path
+        if path == mount or path.startswith(mount.rstrip("/") + "/")
+        else (os.path.join(mount, path.lstrip("/")))
+    )
+    try:
+        ino = os.stat(full).st_ino
+    except OSError as exc:
+        raise Error(f"cgroup {path}: {exc.strerror} ({full})") from None
+    rel = os.path.relpath(full, mount)
+    level = 0 if rel == "." else len(Path(rel).parts)
+    if level > limits.MAX_CGROUP_DEPTH:
+        raise Error(f"cgroup {path} is {level} levels deep; at most {limits.MAX_CGROUP_DEPTH}")
+    return CgroupRef(ino, level)
+
+
+def _lpm(net: Network) -> ctypes.Structure:
+    key: ctypes.Structure = layout.Lpm4() if net.version == 4 else layout.Lpm6()
+    key.prefixlen = net.prefixlen
+    ctypes.memmove(key.addr, net.network_address.packed, len(net.network_address.packed))
+    return key
+
+
+@dataclass(frozen=True)
+class MatchTables:
+    """What the config puts into the program's maps, computed without touching the kernel."""
+
+    flags: int
+    cgroup_levels: int
+    marks: dict[int, int]
+    uids: dict[int, int]
+    cgroups: dict[int, int]
+    src: dict[Network, int]
+    exempt: tuple[Network, ...]
+    problems: tuple[str, ...]
+
+
+def match_tables(cfg: Config, resolve: Any = None, no_l2: bool = False) -> MatchTables:
+    """Flags and map contents for a config. ``resolve`` maps a cgroup path to a CgroupRef;
+    a cgroup that cannot be resolved is left out and reported in ``problems``."""
+    marks: dict[int, int] = {}
+    uids: dict[int, int] = {}
+    cgroups: dict[int, int] = {}
+    src: dict[Network, int] = {}
+    problems: list[str] = []
+    levels = 0
+    for s in cfg.slices:
+        for mark in s.match.marks:
+            marks[mark] = s.id
+        for uid in s.match.uids:
+            uids[uid] = s.id
+        for path in s.match.cgroups:
+            try:
+                ref = resolve(path) if resolve else resolve_cgroup(path, cgroup2_mount())
+            except Error as exc:
+                problems.append(f"slice {s.name}: {exc}")
+                continue
+            cgroups[ref.id] = s.id
+            levels |= 1 << ref.level
+        for net in s.match.src:
+            src[net] = s.id
+    flags = 0
+    flags |= layout.F_MARK if marks else 0
+    flags |= layout.F_UID if uids else 0
+    flags |= layout.F_CGROUP if cgroups else 0
+    flags |= layout.F_SRC4 if any(n.version == 4 for n in src) else 0
+    flags |= layout.F_SRC6 if any(n.version == 6 for n in src) else 0
+    flags |= layout.F_EXEMPT4 if any(n.version == 4 for n in cfg.exempt_prefixes) else 0
+    flags |= layout.F_EXEMPT6 if any(n.version == 6 for n in cfg.exempt_prefixes) else 0
+    flags |= layout.F_NO_L2 if no_l2 else 0
+    return MatchTables(
+        flags, levels, marks, uids, cgroups, src, cfg.exempt_prefixes, tuple(problems)
+    )
+
+
+def _check_pins(pin_dir: str) -> None:
+    """Refuse pinned maps of another shape (an older bwbpf): bcc would reuse them blindly."""
+    for name, expected in PINNED_MAPS.items():
+        path = os.path.join(pin_dir, name)
+        if not os.path.exists(path):
+            continue
+        fd = bpfsys.obj_get(path)
+        try:
+            info = bpfsys.map_info(fd)
+        finally:
+            os.close(fd)
+        found = (info.type, info.key_size, info.value_size, info.max_entries)
+        if found != expected:
+            raise Error(
+                f"pinned map {path} has layout {found}, this bwbpf needs {expected};"
+                " `bwbpf down` removes it (and its counts)"
+            )
+
+
+def compile_program(pin_dir: str, extra_cflags: Iterable[str] = ()) -> Any:
+    """Compile bpf/egress.c with bcc; its counters reuse (or create and pin) pin_dir's maps."""
+    from bcc import BPF  # imported here: ~80 MB, and only the loader needs it
+
+    src = bpf_source_dir()
+    os.makedirs(pin_dir, exist_ok=True)
+    _check_pins(pin_dir)
+    cflags = [
+        *limits.cflags(),
+        f'-DBWBPF_PIN_DIR="{pin_dir}"',
+        f"-I{src}",
+        "-Wall",
+        "-Werror",
+        *extra_cflags,
+    ]
+    try:
+        return BPF(src_file=str(src / "egress.c"), cflags=cflags)
+    except Exception as exc:  # bcc raises bare Exception on compile and load failures
+        raise Error(f"cannot load bpf/egress.c: {exc}") from None
+
+
+def populate(bpf: Any, tables: MatchTables) -> None:
+    """Fill a freshly compiled program's maps. Runs before the program is attached."""
+    settings = bpf["settings"]
+    leaf = settings.Leaf()
+    leaf.flags = tables.flags
+    leaf.cgroup_levels = tables.cgroup_levels
+    settings[ctypes.c_int(0)] = leaf
+    for name, entries, ktype in (
+        ("slice_by_mark", tables.marks, ctypes.c_uint32),
+        ("slice_by_uid", tables.uids, ctypes.c_uint32),
+        ("slice_by_cgroup", tables.cgroups, ctypes.c_uint64),
+    ):
+        table = bpf[name]
+        for key, slice_id in entries.items():
+            table[ktype(key)] = ctypes.c_uint32(slice_id)
+    for net, slice_id in tables.src.items():
+        table = bpf["slice_by_src4" if net.version == 4 else "slice_by_src6"]
+        table[_lpm(net)] = ctypes.c_uint32(slice_id)
+    for net in tables.exempt:
+        table = bpf["exempt4" if net.version == 4 else "exempt6"]
+        table[_lpm(net)] = ctypes.c_uint32(1)
+
+
+def load(cfg: Config, extra_cflags: Iterable[str] = ()) -> tuple[Any, int, MatchTables]:
+    """Compile and fill a program for cfg: (bcc object, program fd, what went in)."""
+    from bcc import BPF
+
+    interface_index(cfg.interface)  # a clear error before a 0.3 s compile
+    tables = match_tables(cfg, no_l2=not _has_l2(cfg.interface))
+    bpf = compile_program(cfg.pin_dir, extra_cflags)
+    populate(bpf, tables)
+    fn = bpf.load_func(PROGRAM_NAME, BPF.SCHED_CLS)
+    return bpf, fn.fd, tables
+
+
+def _has_l2(ifname: str) -> bool:
+    """Ethernet-like devices carry a link-layer header at tc egress; tun/wireguard do not."""
+    try:
+        with open(f"/sys/class/net/{ifname}/type") as f:
+            arphrd = int(f.read())
+    except OSError:
+        return True
+    # ARPHRD_ETHER 1, ARPHRD_LOOPBACK 772 have Ethernet headers; ARPHRD_NONE 0xfffe does not.
+    return arphrd != 0xFFFE
+
+
+def interface_index(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise Error(f"no such network interface: {ifname}") from None
+
+
+def interface_index_or_none(ifname: str) -> int | None:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+
+def attach(cfg: Config, prog_fd: int) -> None:
+    """Put the program on the HTB root qdisc, replacing the previous one in one request, and
+    pin it so that tools (bpftool, the daemon's self-check) can find it."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    ifindex = interface_index(cfg.interface)
+    with IPRoute() as ipr:
+        try:
+            ipr.tc(
+                "replace-filter",
+                "bpf",
+                ifindex,
+                handle=FILTER_HANDLE,
+                parent=classid.QDISC_HANDLE,
+                prio=FILTER_PRIO,
+                protocol=ETH_P_ALL,
+                fd=prog_fd,
+                name=PROGRAM_NAME,
+                direct_action=True,
+            )
+        except NetlinkError as exc:
+            raise Error(f"{cfg.interface}: cannot attach the classifier: {exc}") from None
+    pin = os.path.join(cfg.pin_dir, PROGRAM_PIN)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pin)
+    bpfsys.obj_pin(prog_fd, pin)
+
+
+def attached(ifname: str) -> bool:
+    """Whether bwbpf's classifier sits on the interface's HTB root qdisc."""
+    from pyroute2 import IPRoute
+
+    try:
+        ifindex = socket.if_nametoindex(ifname)
+    except OSError:
+        return False
+    with IPRoute() as ipr:
+        for msg in ipr.get_filters(index=ifindex, parent=classid.QDISC_HANDLE):
+            opts = msg.get_attr("TCA_OPTIONS")
+            if msg.get_attr("TCA_KIND") == "bpf" and opts is not None:
+                name = opts.get_attr("TCA_BPF_NAME") or ""
+                if name.startswith(PROGRAM_NAME):
+                    return True
+    return False
+
+
+def remove_pins(pin_dir: str) -> list[str]:
+    """Unpin what bwbpf pinned (maps and program) and remove its directory; returns what
+    was removed. Only bwbpf's own names are touched."""
+    removed = []
+    for name in (*PINNED_MAPS, PROGRAM_PIN):
+        path = os.path.join(pin_dir, name)
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    for d in (pin_dir, os.path.dirname(pin_dir)):
+        try:
+            os.rmdir(d)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                raise
+    return removed
+
+
+@dataclass(frozen=True)
+class Usage:
+    bytes: int
+    packets: int
+
+
+class Counters:
+    """Reads the pinned counters without compiling anything."""
+
+    def __init__(self, pin_dir: str) -> None:
+        self.pin_dir = pin_dir
+        self.ncpus = bpfsys.possible_cpus()
+        try:
+            self._counters = bpfsys.obj_get(os.path.join(pin_dir, "counters"))
+            self._errors = bpfsys.obj_get(os.path.join(pin_dir, "errors"))
+        except OSError as exc:
+            raise Error(
+                f"no bwbpf counters pinned in {pin_dir} ({exc.strerror}); run `bwbpf up` first"
+            ) from None
+
+    def close(self) -> None:
+        for fd in (self._counters, self._errors):
+            os.close(fd)
+
+    def __enter__(self) -> Counters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, slice_ids: Iterable[int]) -> dict[int, tuple[Usage, Usage]]:
+        """(normal, exempt) usage of each slice id, summed over CPUs, in one batch read."""
+        ids = sorted(set(slice_ids))
+        if not ids:
+            return {}
+        slots = (ids[-1] + 1) * len(limits.DCLASSES)
+        raw = bpfsys.percpu_array_read(
+            self._counters, slots, ctypes.sizeof(layout.Counter), self.ncpus
+        )
+        words = raw.cast("Q")
+        per_slot = 2 * self.ncpus  # bytes, packets per CPU
+        out: dict[int, tuple[Usage, Usage]] = {}
+        for sid in ids:
+            pair = []
+            for dclass in range(len(limits.DCLASSES)):
+                base = (sid * len(limits.DCLASSES) + dclass) * per_slot
+                pair.append(
+                    Usage(
+                        sum(words[base : base + per_slot : 2]),
+                        sum(words[base + 1 : base + per_slot : 2]),
+                    )
+                )
+            out[sid] = (pair[0], pair[1])
+        return out
+
+    def errors(self) -> dict[str, int]:
+        raw = bpfsys.percpu_array_read(self._errors, len(limits.ERROR_REASONS), 8, self.ncpus)
+        words = raw.cast("Q")
+        return {
+            reason: sum(words[i * self.ncpus : (i + 1) * self.ncpus])
+            for i, reason in enumerate(limits.ERROR_REASONS)
+        }

@@ -1,0 +1,42 @@
+"""ctypes mirrors of the structs in bpf/bwbpf.h, for code that reads pinned maps without
+compiling (``stat``, the daemon). Each must match its C struct; tests/bpf/test_layout.py
+compares sizes and offsets with the types bcc builds from the C."""
+
+from __future__ import annotations
+
+import ctypes
+
+
+class Counter(ctypes.Structure):
+    """Must match struct bwbpf_counter in bpf/bwbpf.h."""
+
+    _fields_ = [("bytes", ctypes.c_uint64), ("packets", ctypes.c_uint64)]
+
+
+class Settings(ctypes.Structure):
+    """Must match struct bwbpf_settings in bpf/bwbpf.h."""
+
+    _fields_ = [("flags", ctypes.c_uint32), ("cgroup_levels", ctypes.c_uint32)]
+
+
+class Lpm4(ctypes.Structure):
+    """Must match struct bwbpf_lpm4 in bpf/bwbpf.h."""
+
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
+
+
+class Lpm6(ctypes.Structure):
+    """Must match struct bwbpf_lpm6 in bpf/bwbpf.h."""
+
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+
+
+# enum bwbpf_flags in bpf/bwbpf.h
+F_MARK = 1 << 0
+F_CGROUP = 1 << 1
+F_UID = 1 << 2
+F_SRC4 = 1 << 3
+F_SRC6 = 1 << 4
+F_EXEMPT4 = 1 << 5
+F_EXEMPT6 = 1 << 6
+F_NO_L2 = 1 << 7

@@ -1,0 +1,369 @@
+"""Per-period usage of every slice and class, worked out from raw kernel counters.
+
+The datapath's counters only ever go up (STYLE.md #4); user space never clears them. The
+ledger remembers, per slice name and destination class, the last raw reading and what the
+class used this period, and adds the difference at every tick.
+
+Rules, each fixing something the reference bwmon got wrong:
+
+* **A counter that goes backwards restarted** (program reloaded, map recreated, reboot).
+  The new reading counted from zero, so it is all new traffic (``delta`` returns it whole)
+  and the period's usage *continues*. It is not a new period: the reference treated it as
+  one and so every reboot handed out a fresh quota. A counter that restarted and already
+  grew past its old value cannot be recognised this way; a daemon that knows the maps are
+  new (it created them, the boot id changed) says so with ``counters_restarted()``.
+* **The first reading of a counter the ledger has no baseline for charges nothing**: it
+  only sets the baseline. Such a counter may hold traffic from before this period (a lost
+  state file, a slice id reused by a new slice), and the ledger cannot tell how much; the
+  cost is at most one tick of a brand-new slice's traffic going unbilled.
+* **Periods** come from the ``periods`` callable (``periods.current_period``). When a
+  slice's period start changes, its usage, ``notified`` and ``capped`` flags reset (the
+  last ceilings are kept: they are what HTB still has). A change of period *end* alone (the
+  period length was reconfigured) keeps the usage. Traffic between the last reading and a
+  rollover is split in proportion to time: a daemon that was down for three days charges
+  the new period only for its share of the gap, not for all of it.
+* **Dead slices**: a slice missing from a tick's readings (removed from the config, or its
+  counters gone) is remembered, usage and all, until its period ends, so deleting and
+  recreating a slice does not reset its quota; after that it is forgotten. Its raw
+  baselines are dropped when it dies, because the counter it comes back with (perhaps under
+  another slice id) is not the one it left.
+
+Readings come keyed by slice name, then ``dclass`` (0 normal, 1 exempt, ``limits.DCLASSES``),
+as ``(bytes, packets)``. Pass ``(0, 0)`` for a configured slice that has no counter yet:
+a slice absent from the readings is dead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bwbpf.limits import DCLASSES
+
+Reading = tuple[int, int]
+"""A raw counter reading, or a difference of two: ``(bytes, packets)``."""
+
+PeriodFn = Callable[[str, float | None], tuple[float, float]]
+"""``periods(slice_name, recorded_start) -> (period_start, period_end)``; see periods.py."""
+
+
+def delta(last: Reading, current: Reading) -> Reading:
+    """What a counter pair grew by since ``last``.
+
+    If either number went backwards the counters restarted (they are only ever added to,
+    and bytes and packets live in one map value, so they restart together): the current
+    reading counted from zero and all of it is new.
+    """
+    if current[0] < last[0] or current[1] < last[1]:
+        return current
+    return current[0] - last[0], current[1] - last[1]
+
+
+@dataclass(frozen=True)
+class ClassRecord:
+    """One destination class of one slice."""
+
+    used_bytes: int = 0
+    used_packets: int = 0
+    # The last raw counter reading; None when there is no baseline (see the module doc).
+    last: Reading | None = None
+    capped: bool = False
+    # The ceiling last applied to the class, None before the daemon set one.
+    ceil_bps: int | None = None
+
+
+@dataclass(frozen=True)
+class SliceRecord:
+    """Everything the ledger knows about a slice; ``classes`` is indexed by dclass."""
+
+    name: str
+    period_start: float
+    period_end: float
+    live: bool
+    notified: bool
+    read_at: float | None
+    classes: tuple[ClassRecord, ...]
+
+
+class Ledger:
+    """Usage per slice and class in the current period. Not thread-safe."""
+
+    def __init__(self) -> None:
+        self._slices: dict[str, SliceRecord] = {}
+        self._restarted = False
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._slices
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Ledger):
+            return NotImplemented
+        return self._slices == other._slices
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Ledger({len(self._slices)} slices)"
+
+    # -- the tick ---------------------------------------------------------------------
+
+    def update(
+        self,
+        now: float,
+        readings: Mapping[str, Mapping[int, Reading]],
+        periods: PeriodFn,
+    ) -> None:
+        """Account one tick: roll periods, add counter deltas, bury and forget dead slices.
+
+        Raises ValueError for a malformed reading (a caller bug); nothing is changed then.
+        """
+        if not math.isfinite(now):
+            raise ValueError(f"now must be finite, not {now!r}")
+        for name, by_class in readings.items():
+            for dclass, reading in by_class.items():
+                _check_reading(name, dclass, reading)
+        restarted, self._restarted = self._restarted, False
+        for name, by_class in readings.items():
+            self._slices[name] = self._account(name, by_class, now, periods, restarted)
+        for name, record in list(self._slices.items()):
+            if name in readings:
+                continue
+            if now >= record.period_end:
+                del self._slices[name]
+            elif record.live:
+                classes = tuple(replace(c, last=None) for c in record.classes)
+                self._slices[name] = replace(record, live=False, classes=classes)
+
+    def counters_restarted(self) -> None:
+        """The kernel counters were recreated: at the next ``update`` every reading counts
+        from zero, for slices with or without a baseline."""
+        self._restarted = True
+
+    def _account(
+        self,
+        name: str,
+        by_class: Mapping[int, Reading],
+        now: float,
+        periods: PeriodFn,
+        restarted: bool,
+    ) -> SliceRecord:
+        record = self._slices.get(name)
+        share = 1.0
+        if record is None:
+            start, end = periods(name, None)
+            record = SliceRecord(
+                name, start, end, True, False, None, tuple(ClassRecord() for _ in DCLASSES)
+            )
+        else:
+            start, end = periods(name, record.period_start)
+            if start != record.period_start:
+                # Bytes since the last reading were sent partly before the new period began;
+                # without a finer clock, assume a steady rate and charge the new period only
+                # its part of the gap.
+                if record.read_at is not None and record.read_at < start <= now:
+                    share = (now - start) / (now - record.read_at)
+                classes = tuple(
+                    replace(c, used_bytes=0, used_packets=0, capped=False) for c in record.classes
+                )
+                record = replace(record, notified=False, classes=classes)
+            record = replace(record, period_start=start, period_end=end, live=True)
+        classes = list(record.classes)
+        for dclass, reading in by_class.items():
+            current = (reading[0], reading[1])
+            old = classes[dclass]
+            base = (0, 0) if restarted else old.last
+            grown = (0, 0) if base is None else delta(base, current)
+            classes[dclass] = replace(
+                old,
+                used_bytes=old.used_bytes + _part(grown[0], share),
+                used_packets=old.used_packets + _part(grown[1], share),
+                last=current,
+            )
+        return replace(record, read_at=now, classes=tuple(classes))
+
+    # -- what the daemon reads and records --------------------------------------------
+
+    def slices(self, include_dead: bool = False) -> tuple[str, ...]:
+        """Names of the slices in the last readings (and the dead ones still remembered)."""
+        return tuple(sorted(n for n, r in self._slices.items() if include_dead or r.live))
+
+    def get(self, name: str) -> SliceRecord | None:
+        """A slice's record (immutable), or None if the ledger does not know it."""
+        return self._slices.get(name)
+
+    def usage(self, name: str, dclass: int) -> int:
+        """Bytes the class sent this period; 0 for a slice the ledger does not know."""
+        record = self._slices.get(name)
+        return 0 if record is None else record.classes[_dclass(dclass)].used_bytes
+
+    def period(self, name: str) -> tuple[float, float]:
+        """``(period_start, period_end)`` of a known slice; KeyError otherwise."""
+        record = self._slices[name]
+        return record.period_start, record.period_end
+
+    def set_ceiling(self, name: str, dclass: int, ceil_bps: int, capped: bool) -> None:
+        """Record the ceiling now in force for a class, and whether the quota capped it."""
+        if isinstance(ceil_bps, bool) or not isinstance(ceil_bps, int) or ceil_bps < 1:
+            raise ValueError(f"ceil_bps must be a positive integer, not {ceil_bps!r}")
+        record = self._slices[name]
+        classes = list(record.classes)
+        classes[_dclass(dclass)] = replace(classes[dclass], ceil_bps=ceil_bps, capped=capped)
+        self._slices[name] = replace(record, classes=tuple(classes))
+
+    def set_notified(self, name: str, notified: bool = True) -> None:
+        """Record that the slice was mailed this period (cleared when the period rolls)."""
+        self._slices[name] = replace(self._slices[name], notified=notified)
+
+    # -- persistence ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-ready dict; ``from_dict`` reads it back."""
+        return {
+            "slices": {
+                name: {
+                    "period_start": r.period_start,
+                    "period_end": r.period_end,
+                    "live": r.live,
+                    "notified": r.notified,
+                    "read_at": r.read_at,
+                    **{
+                        DCLASSES[i]: {
+                            "used_bytes": c.used_bytes,
+                            "used_packets": c.used_packets,
+                            "last": None if c.last is None else list(c.last),
+                            "capped": c.capped,
+                            "ceil_bps": c.ceil_bps,
+                        }
+                        for i, c in enumerate(r.classes)
+                    },
+                }
+                for name, r in sorted(self._slices.items())
+            }
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Ledger:
+        """Rebuild a ledger from ``to_dict()`` output; ValueError naming the bad key."""
+        top = _table(data, "ledger", {"slices"})
+        raw_slices = top["slices"]
+        if not isinstance(raw_slices, dict):
+            raise ValueError(f"ledger.slices: must be an object, not {_kind(raw_slices)}")
+        ledger = cls()
+        for name, raw in raw_slices.items():
+            where = f"ledger.slices.{name!r}"
+            if not isinstance(name, str) or not name or not name.isprintable():
+                raise ValueError(f"{where}: not a usable slice name")
+            s = _table(
+                raw,
+                where,
+                {"period_start", "period_end", "live", "notified", "read_at", *DCLASSES},
+            )
+            start = _time(s["period_start"], f"{where}.period_start")
+            end = _time(s["period_end"], f"{where}.period_end")
+            if not end > start:
+                raise ValueError(f"{where}.period_end: {end} is not after period_start {start}")
+            read_at = s["read_at"]
+            ledger._slices[name] = SliceRecord(
+                name=name,
+                period_start=start,
+                period_end=end,
+                live=_bool(s["live"], f"{where}.live"),
+                notified=_bool(s["notified"], f"{where}.notified"),
+                read_at=None if read_at is None else _time(read_at, f"{where}.read_at"),
+                classes=tuple(_class_record(s[d], f"{where}.{d}") for d in DCLASSES),
+            )
+        return ledger
+
+
+def _check_reading(name: object, dclass: object, reading: object) -> None:
+    if not isinstance(name, str):
+        raise ValueError(f"slice names are strings, not {name!r}")
+    if isinstance(dclass, bool) or not isinstance(dclass, int):
+        raise ValueError(f"{name}: dclass must be an int, not {dclass!r}")
+    _dclass(dclass)
+    if (
+        not isinstance(reading, tuple | list)
+        or len(reading) != 2
+        or not all(_count(v) for v in reading)
+    ):
+        raise ValueError(f"{name}/{dclass}: a reading is (bytes, packets) >= 0, not {reading!r}")
+
+
+def _part(count: int, share: float) -> int:
+    # Stay in integers when nothing is split: counters can exceed a float's 53 bits.
+    return count if share >= 1 else int(count * share)
+
+
+def _dclass(dclass: int) -> int:
+    if not 0 <= dclass < len(DCLASSES):
+        raise ValueError(f"dclass must be 0..{len(DCLASSES) - 1}, not {dclass!r}")
+    return dclass
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _table(value: object, where: str, keys: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: must be an object, not {_kind(value)}")
+    missing = sorted(keys - set(value))
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(missing)}")
+    unknown = sorted(str(k) for k in set(value) - keys)
+    if unknown:
+        raise ValueError(f"{where}: unknown key {', '.join(unknown)}")
+    return value
+
+
+def _time(value: object, where: str) -> float:
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError
+        seconds = float(value)  # OverflowError for an int beyond a float's range
+    except (TypeError, OverflowError):
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise ValueError(f"{where}: must be a finite number of seconds, not {value!r}")
+    return seconds
+
+
+def _bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: must be true or false, not {value!r}")
+    return value
+
+
+def _int(value: object, where: str) -> int:
+    if not _count(value):
+        raise ValueError(f"{where}: must be an integer >= 0, not {value!r}")
+    assert isinstance(value, int)
+    return value
+
+
+def _class_record(value: object, where: str) -> ClassRecord:
+    c = _table(value, where, {"used_bytes", "used_packets", "last", "capped", "ceil_bps"})
+    last = c["last"]
+    if last is not None and not (isinstance(last, list) and len(last) == 2):
+        raise ValueError(f"{where}.last: must be [bytes, packets] or null, not {last!r}")
+    ceil = c["ceil_bps"]
+    if ceil is not None and _int(ceil, f"{where}.ceil_bps") < 1:
+        raise ValueError(f"{where}.ceil_bps: must be at least 1, not {ceil}")
+    return ClassRecord(
+        used_bytes=_int(c["used_bytes"], f"{where}.used_bytes"),
+        used_packets=_int(c["used_packets"], f"{where}.used_packets"),
+        last=None
+        if last is None
+        else (_int(last[0], f"{where}.last[0]"), _int(last[1], f"{where}.last[1]")),
+        capped=_bool(c["capped"], f"{where}.capped"),
+        ceil_bps=ceil,
+    )

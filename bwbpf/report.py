@@ -1,0 +1,127 @@
+"""What ``bwbpf stat`` shows: the document of the contract in DESIGN.md, and its table.
+
+Sources, freshest first: the pinned kernel counters (live), the daemon's status file (the
+period, the usage up to its last tick, the ceilings it decided) and the installed HTB
+classes (the ceiling actually in force). Without a daemon, ``bytes`` are the counters'
+totals since the maps were created and the period fields are null.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bwbpf import classid, datapath, limits, status
+from bwbpf.config import Config
+from bwbpf.errors import Error
+from bwbpf.units import format_bytes, format_rate
+
+
+def build(cfg: Config, names: list[str] | None = None, now: float | None = None) -> dict:
+    now = time.time() if now is None else now
+    slices = [s for s in cfg.all_slices() if not names or s.name in names]
+    with datapath.Counters(cfg.pin_dir) as counters:
+        live = counters.read(s.id for s in cfg.all_slices())
+        errors = counters.errors()
+    installed = _installed_ceilings(cfg.interface)
+    daemon = status.read(cfg)
+    entries = []
+    for s in slices:
+        st = daemon.slices.get(s.name) if daemon else None
+        classes = {}
+        for dclass, dname in enumerate(limits.DCLASSES):
+            q = s.quota(dclass)
+            usage = live[s.id][dclass]
+            handle = classid.slice_class(s.id, dclass)
+            if st is not None:
+                cls = st["classes"][dname]
+                # The usage at the daemon's last tick plus what the kernel counted since.
+                since_tick = max(0, usage.bytes - cls["counter_bytes"])
+                used = cls["bytes"] + since_tick
+                capped = bool(cls["capped"])
+            else:
+                used = usage.bytes
+                capped = False
+            ceil = installed.get(handle)
+            classes[dname] = {
+                "bytes": used,
+                "packets": usage.packets,
+                "counter_bytes": usage.bytes,
+                "limit_bytes": q.limit_bytes,
+                "threshold_bytes": q.threshold_bytes,
+                "percent_used": round(100 * used / q.limit_bytes, 2),
+                "ceil_bps": ceil,
+                "max_rate_bps": q.max_rate_bps,
+                "min_rate_bps": q.min_rate_bps,
+                "classid": classid.format_handle(handle),
+                "capped": capped,
+            }
+        entries.append(
+            {
+                "name": s.name,
+                "id": s.id,
+                "period_start": st["period_start"] if st else None,
+                "period_end": st["period_end"] if st else None,
+                "capped": any(c["capped"] for c in classes.values()),
+                "classes": classes,
+            }
+        )
+    return {
+        "interface": cfg.interface,
+        "time": now,
+        "daemon": daemon.summary() if daemon else None,
+        "datapath_errors": errors,
+        "classifier_attached": datapath.attached(cfg.interface),
+        "slices": entries,
+    }
+
+
+def _installed_ceilings(ifname: str) -> dict[int, int]:
+    from bwbpf.shaper import Shaper
+
+    try:
+        with Shaper(ifname) as shaper:
+            return {h: c.ceil_bps for h, c in shaper.classes().items()}
+    except Error:
+        return {}
+
+
+def _time(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def render(doc: dict) -> str:
+    """A table a person reads: one line per slice and class."""
+    lines = []
+    d = doc["daemon"]
+    if d is None:
+        lines.append(
+            f"{doc['interface']}: no daemon state yet (start `bwbpf run`); bytes are"
+            " the counters' totals since `bwbpf up` first ran"
+        )
+    else:
+        alive = "running" if d["running"] else "NOT RUNNING (last tick shown)"
+        lines.append(
+            f"{doc['interface']}: daemon {alive}, pid {d['pid']}, last tick"
+            f" {_time(d['last_tick'])}, policy {d['policy']}"
+        )
+        for problem in d.get("problems", []):
+            lines.append(f"  PROBLEM: {problem}")
+    if not doc["classifier_attached"]:
+        lines.append("  WARNING: the classifier is not attached (run `bwbpf up`)")
+    head = (
+        f"{'SLICE':<16} {'ID':>5} {'CLASS':<6} {'CLASSID':<8} {'USED':>10} {'LIMIT':>10}"
+        f" {'%':>6} {'THRESH':>10} {'CEIL':>10} {'CAP':<3} PERIOD END"
+    )
+    lines.append(head)
+    for s in doc["slices"]:
+        for dname, c in s["classes"].items():
+            ceil = format_rate(c["ceil_bps"]) if c["ceil_bps"] is not None else "-"
+            lines.append(
+                f"{s['name']:<16} {s['id']:>5} {dname:<6} {c['classid']:<8}"
+                f" {format_bytes(c['bytes']):>10} {format_bytes(c['limit_bytes']):>10}"
+                f" {c['percent_used']:>6.1f} {format_bytes(c['threshold_bytes']):>10}"
+                f" {ceil:>10} {'yes' if c['capped'] else 'no':<3} {_time(s['period_end'])}"
+            )
+    errs = doc["datapath_errors"]
+    lines.append("datapath errors: " + ", ".join(f"{k} {v}" for k, v in errs.items()))
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""The daemon's status file: what it decided at its last tick, for ``stat`` to read.
+
+Written atomically by the daemon each tick; read-only here. A missing or unreadable file
+means "no daemon state yet", never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from bwbpf.config import Config
+
+VERSION = 1
+
+
+def path_for(cfg: Config) -> str:
+    return os.path.join(cfg.state_dir, f"{cfg.interface}.status.json")
+
+
+@dataclass
+class DaemonStatus:
+    pid: int
+    last_tick: float
+    tick_s: int
+    policy: str
+    problems: list[str] = field(default_factory=list)
+    slices: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        try:
+            proc = psutil.Process(self.pid)
+            return "bwbpf" in " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "running": self.running,
+            "last_tick": self.last_tick,
+            "tick_s": self.tick_s,
+            "policy": self.policy,
+            "problems": self.problems,
+        }
+
+
+def read(cfg: Config) -> DaemonStatus | None:
+    try:
+        with open(path_for(cfg)) as f:
+            doc = json.load(f)
+        if doc.get("version") != VERSION or doc.get("interface") != cfg.interface:
+            return None
+        return DaemonStatus(
+            pid=int(doc["pid"]),
+            last_tick=float(doc["last_tick"]),
+            tick_s=int(doc["tick_s"]),
+            policy=str(doc["policy"]),
+            problems=list(doc.get("problems", [])),
+            slices=dict(doc["slices"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
