@@ -236,9 +236,15 @@ int bwbpf_egress(struct __sk_buff *skb)
 	} else {
 		count_error(BWBPF_ERR_COUNTER_LOOKUP);
 	}
-	skb->tc_classid = (BWBPF_HTB_MAJOR << 16) |
-			  (dclass == BWBPF_DCLASS_EXEMPT ? BWBPF_MINOR_EXEMPT_BASE
-							 : BWBPF_MINOR_NORMAL_BASE) |
-			  slice;
+	__u32 classid = (BWBPF_HTB_MAJOR << 16) |
+			(dclass == BWBPF_DCLASS_EXEMPT ? BWBPF_MINOR_EXEMPT_BASE
+						       : BWBPF_MINOR_NORMAL_BASE) |
+			slice;
+
+	skb->tc_classid = classid;
+#ifdef BWBPF_CB_CLASSID
+	/* Tests only: BPF_PROG_TEST_RUN copies cb[] back out, but not tc_classid. */
+	skb->cb[0] = classid;
+#endif
 	return TC_ACT_OK;
 }

@@ -195,6 +195,9 @@ def percpu_array_read(fd: int, count: int, value_size: int, ncpus: int) -> memor
     return memoryview(values).cast("B")[: count * ncpus * stride]
 
 
+CTX_OUT_SIZE = 512
+
+
 @dataclass(frozen=True)
 class TestRun:
     retval: int
@@ -208,7 +211,9 @@ def prog_test_run(prog_fd: int, packet: bytes, ctx: bytes = b"", repeat: int = 1
     data_in = ctypes.create_string_buffer(packet, len(packet))
     data_out = ctypes.create_string_buffer(len(packet) + 256)
     ctx_in = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
-    ctx_out = ctypes.create_string_buffer(len(ctx)) if ctx else None
+    # The kernel copies its whole struct __sk_buff out, and fails with ENOSPC (after
+    # running) when ctx_out is smaller than that: give it room to spare.
+    ctx_out = ctypes.create_string_buffer(CTX_OUT_SIZE) if ctx else None
     attr = _TestRun(
         prog_fd=prog_fd,
         data_size_in=len(packet),
@@ -217,7 +222,7 @@ def prog_test_run(prog_fd: int, packet: bytes, ctx: bytes = b"", repeat: int = 1
         data_out=ctypes.addressof(data_out),
         repeat=repeat,
         ctx_size_in=len(ctx),
-        ctx_size_out=len(ctx),
+        ctx_size_out=CTX_OUT_SIZE if ctx else 0,
         ctx_in=ctypes.addressof(ctx_in) if ctx_in is not None else 0,
         ctx_out=ctypes.addressof(ctx_out) if ctx_out is not None else 0,
     )

@@ -212,13 +212,24 @@ def _network(text: object) -> Network:
 
 
 def _class_quota(
-    c: _Checker, key: str, merged: dict[str, Any], max_rate_default: int
+    c: _Checker,
+    key: str,
+    merged: dict[str, Any],
+    max_rate_default: int,
+    origin: dict[str, str] | None = None,
 ) -> ClassQuota | None:
-    limit = c.convert(f"{key}.limit", merged["limit"], parse_size)
-    min_rate = c.convert(f"{key}.min_rate", merged["min_rate"], parse_rate)
-    avg_rate = c.convert(f"{key}.avg_rate", merged["avg_rate"], parse_rate)
+    """Validate one class's merged settings; a value inherited from [defaults] is reported
+    under its own key there (once), not under every slice that inherits it."""
+    origin = origin or {}
+
+    def where(k: str) -> str:
+        return f"{origin.get(k, key)}.{k}"
+
+    limit = c.convert(where("limit"), merged["limit"], parse_size)
+    min_rate = c.convert(where("min_rate"), merged["min_rate"], parse_rate)
+    avg_rate = c.convert(where("avg_rate"), merged["avg_rate"], parse_rate)
     max_rate = (
-        c.convert(f"{key}.max_rate", merged["max_rate"], parse_rate)
+        c.convert(where("max_rate"), merged["max_rate"], parse_rate)
         if "max_rate" in merged
         else max_rate_default
     )
@@ -226,11 +237,11 @@ def _class_quota(
     threshold: int | None = None
     if isinstance(threshold_value, float | int) and not isinstance(threshold_value, bool):
         if not 0 < threshold_value <= 1:
-            c.fail(f"{key}.threshold", f"a fraction must be in (0, 1], not {threshold_value}")
+            c.fail(where("threshold"), f"a fraction must be in (0, 1], not {threshold_value}")
         elif limit is not None:
             threshold = int(limit * threshold_value)
     else:
-        threshold = c.convert(f"{key}.threshold", threshold_value, parse_size)
+        threshold = c.convert(where("threshold"), threshold_value, parse_size)
     if None in (limit, min_rate, avg_rate, max_rate, threshold):
         return None
     assert limit is not None and min_rate is not None and avg_rate is not None
@@ -420,7 +431,9 @@ def _slice(
     for dclass in limits.DCLASSES:
         override = c.table(raw.get(dclass), f"{key}.{dclass}", _CLASS_KEYS)
         merged = _merged_class(defaults, override, dclass)
-        quotas[dclass] = _class_quota(c, f"{key}.{dclass}", merged, max_rates[dclass])
+        inherited = set((defaults.get(dclass) or {})) - set(override)
+        origin = {k: f"defaults.{dclass}" for k in inherited}
+        quotas[dclass] = _class_quota(c, f"{key}.{dclass}", merged, max_rates[dclass], origin)
     match = _match(c, f"{key}.match", raw.get("match")) if "match" in raw else Match()
     normal, exempt = quotas["normal"], quotas["exempt"]
     if share is None or normal is None or exempt is None:
@@ -500,7 +513,10 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
         c.fail("quota.policy", f"must be 'smooth' or 'average', not {policy!r}")
     period = _period(c, quota)
 
-    max_rates = {"normal": node_cap or 1, "exempt": line_rate or 1}
+    # After a bad rate (already reported) go on with the default, not with cascades of it.
+    line_rate = line_rate or 10**9
+    node_cap = node_cap or min(10**8, line_rate)
+    max_rates = {"normal": node_cap, "exempt": line_rate}
     base = Path(path).parent
     exempt = _exempt(c, doc.get("exempt"), base)
     default_raw = c.table(
@@ -571,7 +587,7 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
 
     notify = _notify(c, doc.get("notify"))
     if c.problems:
-        raise ConfigError(c.problems)
+        raise ConfigError(list(dict.fromkeys(c.problems)))
     assert default_slice is not None
     return Config(
         path=path,
