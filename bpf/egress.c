@@ -32,7 +32,9 @@ BPF_LPM_TRIE(slice_by_src6, struct bwbpf_lpm6, __u32, BWBPF_MAX_PREFIXES);
 BPF_LPM_TRIE(exempt4, struct bwbpf_lpm4, __u32, BWBPF_MAX_PREFIXES);
 BPF_LPM_TRIE(exempt6, struct bwbpf_lpm6, __u32, BWBPF_MAX_PREFIXES);
 /* Recent destinations and their class, per CPU: a hit costs a fraction of a walk through a
- * 10,000-prefix trie. Never stale: it lives and dies with this program and its tries. */
+ * 10,000-prefix trie. Never stale: it lives and dies with this program and its tries.
+ * Values are dclass + 1: an entry another CPU created reads as 0 here ("not known on this
+ * CPU"), since a per-CPU element is created with every other CPU's slot zeroed. */
 BPF_TABLE("lru_percpu_hash", struct bwbpf_dst, __u32, dclass_cache, BWBPF_DCLASS_CACHE_ENTRIES);
 
 #define ETH_P_8021Q_BE 0x0081  /* htons(0x8100) */
@@ -180,8 +182,8 @@ static __always_inline __u32 find_dclass(__u32 flags, struct parsed *p)
 	if (p->family == 4 && (flags & BWBPF_F_EXEMPT4)) {
 		__builtin_memcpy(dst.addr, p->dst, 4);
 		cached = dclass_cache.lookup(&dst);
-		if (cached)
-			return *cached;
+		if (cached && *cached)
+			return *cached - 1;
 		struct bwbpf_lpm4 key = {.prefixlen = 32};
 
 		__builtin_memcpy(key.addr, p->dst, 4);
@@ -190,8 +192,8 @@ static __always_inline __u32 find_dclass(__u32 flags, struct parsed *p)
 	} else if (p->family == 6 && (flags & BWBPF_F_EXEMPT6)) {
 		__builtin_memcpy(dst.addr, p->dst, 16);
 		cached = dclass_cache.lookup(&dst);
-		if (cached)
-			return *cached;
+		if (cached && *cached)
+			return *cached - 1;
 		struct bwbpf_lpm6 key = {.prefixlen = 128};
 
 		__builtin_memcpy(key.addr, p->dst, 16);
@@ -200,7 +202,12 @@ static __always_inline __u32 find_dclass(__u32 flags, struct parsed *p)
 	} else {
 		return BWBPF_DCLASS_NORMAL;
 	}
-	dclass_cache.update(&dst, &dclass);
+	__u32 stored = dclass + 1;
+
+	if (cached)
+		*cached = stored; /* this CPU's slot of an element another CPU created */
+	else
+		dclass_cache.update(&dst, &stored);
 	return dclass;
 }
 
@@ -241,6 +248,8 @@ int bwbpf_egress(struct __sk_buff *skb)
 						       : BWBPF_MINOR_NORMAL_BASE) |
 			slice;
 
+	/* Only the minor survives this store (qdisc_skb_cb's tc_classid is a __u16); the major
+	 * comes from the filter's classid, set to the HTB qdisc's when it is attached. */
 	skb->tc_classid = classid;
 #ifdef BWBPF_CB_CLASSID
 	/* Tests only: BPF_PROG_TEST_RUN copies cb[] back out, but not tc_classid. */

@@ -259,6 +259,8 @@ def attach(cfg: Config, prog_fd: int) -> None:
     ifindex = interface_index(cfg.interface)
     with IPRoute() as ipr:
         try:
+            # The cb field behind skb->tc_classid is 16 bits: the program writes the minor,
+            # and cls_bpf takes the major from the filter's own classid (cls_bpf_classify).
             ipr.tc(
                 "replace-filter",
                 "bpf",
@@ -268,6 +270,7 @@ def attach(cfg: Config, prog_fd: int) -> None:
                 prio=FILTER_PRIO,
                 protocol=ETH_P_ALL,
                 fd=prog_fd,
+                classid=classid.QDISC_HANDLE,
                 name=PROGRAM_NAME,
                 direct_action=True,
             )

@@ -310,3 +310,19 @@ def test_reload_reuses_pinned_counters(loaded: Loaded) -> None:
         assert loaded.usage()[(MARK_SLICE, NORMAL)] == (before[0] + len(packet), before[1] + 1)
     finally:
         again.counters.close()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to run on")
+def test_destination_cache_is_right_on_every_cpu(loaded: Loaded) -> None:
+    """The per-CPU destination cache: an entry made on one CPU has zero in every other CPU's
+    slot, which must read as "unknown" there, not as "normal"."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    packet = eth(0x0800, ipv4("10.9.0.1", "192.0.2.250"))  # exempt, not yet cached
+    try:
+        for cpu in cpus:
+            os.sched_setaffinity(0, {cpu})
+            chosen, changed = delta(loaded, packet)
+            assert (cpu, chosen, changed) == (
+                cpu, classid.slice_class(0, EXEMPT), {(0, EXEMPT): (len(packet), 1)})
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))

@@ -1,0 +1,141 @@
+"""Two network namespaces joined by a veth pair, made and removed by the tests.
+
+    <src ns>  veth A (bwbpf's egress device) ──── veth B  <dst ns>
+
+Every name carries a random suffix; ``teardown`` removes what ``setup`` made even when the
+test failed half-way. Traffic only ever goes between these two namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import unique
+
+REPO = Path(__file__).resolve().parents[2]
+BWBPF = str(Path(sys.executable).parent / "bwbpf")
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Topology:
+    src_ns: str = field(default_factory=lambda: unique("bwtS"))
+    dst_ns: str = field(default_factory=lambda: unique("bwtD"))
+    veth_a: str = field(default_factory=lambda: unique("bwtA"))
+    veth_b: str = field(default_factory=lambda: unique("bwtB"))
+    octet: int = field(default_factory=lambda: random.randint(1, 254))
+    made: list[str] = field(default_factory=list)
+
+    @property
+    def src_ip(self) -> str:
+        return f"10.250.{self.octet}.1"
+
+    @property
+    def alt_src_ip(self) -> str:
+        """A second source address, for the source-prefix match."""
+        return f"10.250.{self.octet}.10"
+
+    @property
+    def limited_src_ip(self) -> str:
+        """A third source address, for the slice whose ceiling is measured."""
+        return f"10.250.{self.octet}.20"
+
+    @property
+    def dst_ip(self) -> str:
+        return f"10.250.{self.octet}.2"
+
+    @property
+    def exempt_dst_ip(self) -> str:
+        """Inside the exempt prefix 10.250.<octet>.128/25."""
+        return f"10.250.{self.octet}.200"
+
+    @property
+    def exempt_prefix(self) -> str:
+        return f"10.250.{self.octet}.128/25"
+
+    @property
+    def dst_ip6(self) -> str:
+        return f"fd50:{self.octet:x}::2"
+
+    def in_src(self, *cmd: str) -> list[str]:
+        # nsenter switches only the network namespace: bpffs and the cgroup tree stay visible
+        # (`ip netns exec` would remount /sys and hide both).
+        return ["nsenter", f"--net=/run/netns/{self.src_ns}", *cmd]
+
+    def in_dst(self, *cmd: str) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.dst_ns}", *cmd]
+
+    def setup(self) -> None:
+        sh("ip", "netns", "add", self.src_ns)
+        self.made.append("src")
+        sh("ip", "netns", "add", self.dst_ns)
+        self.made.append("dst")
+        # No router solicitations from bwbpf's device: they would land in the default slice
+        # seconds later, in the middle of a test's exact counts.
+        for conf in ("all", "default"):
+            sh(*self.in_src("sysctl", "-qw", f"net.ipv6.conf.{conf}.router_solicitations=0"))
+        sh("ip", "link", "add", self.veth_a, "netns", self.src_ns, "type", "veth", "peer",
+           "name", self.veth_b, "netns", self.dst_ns)
+        a, b = self.octet, self.octet
+        for ns, dev, addrs in (
+            (self.src_ns, self.veth_a, [f"10.250.{a}.1/24", f"10.250.{a}.10/24",
+                                        f"10.250.{a}.20/24", f"fd50:{a:x}::1/64"]),
+            (self.dst_ns, self.veth_b, [f"10.250.{b}.2/24", f"10.250.{b}.200/24",
+                                        f"fd50:{b:x}::2/64"]),
+        ):
+            for addr in addrs:
+                extra = ["nodad"] if ":" in addr else []
+                sh("ip", "-n", ns, "addr", "add", addr, "dev", dev, *extra)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        # Permanent neighbours: no ARP or ND packet of bwbpf's device mixes with a test's
+        # datagrams, and none of them waits in a resolution queue.
+        # Both ways: the far side's ICMP errors would otherwise make bwbpf's side answer ARP.
+        for ns, dev, peer_ns, peer_dev, ips in (
+            (self.src_ns, self.veth_a, self.dst_ns, self.veth_b,
+             (self.dst_ip, self.exempt_dst_ip, self.dst_ip6)),
+            (self.dst_ns, self.veth_b, self.src_ns, self.veth_a,
+             (self.src_ip, self.alt_src_ip, self.limited_src_ip, f"fd50:{a:x}::1")),
+        ):
+            link = json.loads(sh("ip", "-n", peer_ns, "-j", "link", "show", peer_dev).stdout)
+            for ip in ips:
+                sh("ip", "-n", ns, "neigh", "replace", ip, "lladdr", link[0]["address"],
+                   "dev", dev, "nud", "permanent")
+
+    def teardown(self) -> None:
+        if "src" in self.made:
+            sh("ip", "netns", "del", self.src_ns, check=False)
+        if "dst" in self.made:
+            sh("ip", "netns", "del", self.dst_ns, check=False)
+        for pin in (f"/sys/fs/bpf/bwbpf/{self.veth_a}",):
+            for name in ("counters", "errors", "prog"):
+                try:
+                    os.unlink(os.path.join(pin, name))
+                except FileNotFoundError:
+                    pass
+            try:
+                os.rmdir(pin)
+            except OSError:
+                pass
+
+    def bwbpf(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh(*self.in_src(BWBPF, *args), check=check)
+
+    def stat(self, config: Path) -> dict:
+        return json.loads(self.bwbpf("stat", "--json", "-c", str(config)).stdout)
+
+    def send(self, dst: str, count: int, size: int, **opts: object) -> None:
+        cmd = [sys.executable, "-m", "tests.integration.traffic", "--dst", dst,
+               "--count", str(count), "--size", str(size)]
+        for key, value in opts.items():
+            cmd += [f"--{key}", str(value)]
+        subprocess.run(self.in_src(*cmd), check=True, cwd=REPO, timeout=60)

@@ -1,0 +1,57 @@
+"""A traffic source for the integration tests: UDP datagrams of a known size from a chosen
+mark, uid, cgroup or source address. Run inside a test namespace with nsenter:
+
+    python -m tests.integration.traffic --dst 10.250.7.2 --count 11 --size 1000 --mark 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--dst", required=True)
+    p.add_argument("--port", type=int, default=9)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--size", type=int, required=True, help="UDP payload bytes")
+    p.add_argument("--mark", type=int)
+    p.add_argument("--uid", type=int)
+    p.add_argument("--cgroup", help="cgroup v2 directory to join first")
+    p.add_argument("--src", help="source address to bind")
+    p.add_argument("--gap", type=float, default=0.0, help="seconds between datagrams")
+    args = p.parse_args(argv)
+
+    if args.cgroup:
+        with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    family = socket.AF_INET6 if ":" in args.dst else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if args.mark is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, args.mark)
+    if args.src:
+        sock.bind((args.src, 0))
+    if args.uid is not None:
+        # The socket's owner is fixed when it is created: make a new one as that uid.
+        sock.close()
+        os.setgid(args.uid)
+        os.setuid(args.uid)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        if args.src:
+            sock.bind((args.src, 0))
+    payload = b"\x5a" * args.size
+    # Unconnected sends: an ICMP port-unreachable from the far side does not fail them.
+    for _ in range(args.count):
+        sock.sendto(payload, (args.dst, args.port))
+        if args.gap:
+            time.sleep(args.gap)
+    sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
