@@ -83,14 +83,33 @@ class Topology:
         # seconds later, in the middle of a test's exact counts.
         for conf in ("all", "default"):
             sh(*self.in_src("sysctl", "-qw", f"net.ipv6.conf.{conf}.router_solicitations=0"))
-        sh("ip", "link", "add", self.veth_a, "netns", self.src_ns, "type", "veth", "peer",
-           "name", self.veth_b, "netns", self.dst_ns)
+        sh(
+            "ip",
+            "link",
+            "add",
+            self.veth_a,
+            "netns",
+            self.src_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            self.veth_b,
+            "netns",
+            self.dst_ns,
+        )
         a, b = self.octet, self.octet
         for ns, dev, addrs in (
-            (self.src_ns, self.veth_a, [f"10.250.{a}.1/24", f"10.250.{a}.10/24",
-                                        f"10.250.{a}.20/24", f"fd50:{a:x}::1/64"]),
-            (self.dst_ns, self.veth_b, [f"10.250.{b}.2/24", f"10.250.{b}.200/24",
-                                        f"fd50:{b:x}::2/64"]),
+            (
+                self.src_ns,
+                self.veth_a,
+                [f"10.250.{a}.1/24", f"10.250.{a}.10/24", f"10.250.{a}.20/24", f"fd50:{a:x}::1/64"],
+            ),
+            (
+                self.dst_ns,
+                self.veth_b,
+                [f"10.250.{b}.2/24", f"10.250.{b}.200/24", f"fd50:{b:x}::2/64"],
+            ),
         ):
             for addr in addrs:
                 extra = ["nodad"] if ":" in addr else []
@@ -101,15 +120,37 @@ class Topology:
         # datagrams, and none of them waits in a resolution queue.
         # Both ways: the far side's ICMP errors would otherwise make bwbpf's side answer ARP.
         for ns, dev, peer_ns, peer_dev, ips in (
-            (self.src_ns, self.veth_a, self.dst_ns, self.veth_b,
-             (self.dst_ip, self.exempt_dst_ip, self.dst_ip6)),
-            (self.dst_ns, self.veth_b, self.src_ns, self.veth_a,
-             (self.src_ip, self.alt_src_ip, self.limited_src_ip, f"fd50:{a:x}::1")),
+            (
+                self.src_ns,
+                self.veth_a,
+                self.dst_ns,
+                self.veth_b,
+                (self.dst_ip, self.exempt_dst_ip, self.dst_ip6),
+            ),
+            (
+                self.dst_ns,
+                self.veth_b,
+                self.src_ns,
+                self.veth_a,
+                (self.src_ip, self.alt_src_ip, self.limited_src_ip, f"fd50:{a:x}::1"),
+            ),
         ):
             link = json.loads(sh("ip", "-n", peer_ns, "-j", "link", "show", peer_dev).stdout)
             for ip in ips:
-                sh("ip", "-n", ns, "neigh", "replace", ip, "lladdr", link[0]["address"],
-                   "dev", dev, "nud", "permanent")
+                sh(
+                    "ip",
+                    "-n",
+                    ns,
+                    "neigh",
+                    "replace",
+                    ip,
+                    "lladdr",
+                    link[0]["address"],
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                )
 
     def teardown(self) -> None:
         if "src" in self.made:
@@ -134,8 +175,17 @@ class Topology:
         return json.loads(self.bwbpf("stat", "--json", "-c", str(config)).stdout)
 
     def send(self, dst: str, count: int, size: int, **opts: object) -> None:
-        cmd = [sys.executable, "-m", "tests.integration.traffic", "--dst", dst,
-               "--count", str(count), "--size", str(size)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.integration.traffic",
+            "--dst",
+            dst,
+            "--count",
+            str(count),
+            "--size",
+            str(size),
+        ]
         for key, value in opts.items():
             cmd += [f"--{key}", str(value)]
         subprocess.run(self.in_src(*cmd), check=True, cwd=REPO, timeout=60)

@@ -14,7 +14,7 @@ import pytest
 from bwbpf import classid, datapath, limits
 from bwbpf.shaper import Shaper
 from tests.conftest import require_root, unique
-from tests.integration.netns import Topology, sh
+from tests.integration.netns import Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -33,7 +33,7 @@ def write_config(path: Path, topo: Topology, cgroup: Path) -> Path:
 interface = "{topo.veth_a}"
 line_rate = "1gbit"
 node_cap = "500mbit"
-state_dir = "{path.parent / 'state'}"
+state_dir = "{path.parent / "state"}"
 
 [exempt]
 prefixes = ["{topo.exempt_prefix}"]
@@ -131,11 +131,21 @@ def settled(topo: Topology, cfg: Path) -> tuple[dict, dict]:
 def test_each_flow_is_counted_to_its_slice_and_class(env: tuple[Topology, Path, Path]) -> None:
     topo, cfg, cgroup = env
     bpf0, htb0 = settled(topo, cfg)
-    out = subprocess.run(topo.in_src("tc", "filter", "show", "dev", topo.veth_a), capture_output=True, text=True).stdout
+    out = subprocess.run(
+        topo.in_src("tc", "filter", "show", "dev", topo.veth_a), capture_output=True, text=True
+    ).stdout
     pid = out.split(" id ")[1].split()[0]
-    info = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", pid], capture_output=True, text=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["bpftool", "-j", "prog", "show", "id", pid], capture_output=True, text=True
+        ).stdout
+    )
     for mid in info["map_ids"]:
-        print(subprocess.run(["bpftool", "map", "dump", "id", str(mid)], capture_output=True, text=True).stdout[:300])
+        print(
+            subprocess.run(
+                ["bpftool", "map", "dump", "id", str(mid)], capture_output=True, text=True
+            ).stdout[:300]
+        )
     print(subprocess.run(["bpftool", "map", "show"], capture_output=True, text=True).stdout[-1500:])
     flows = [
         # (sender options, destination, count, payload, expected key)
@@ -169,14 +179,32 @@ def test_ceiling_is_enforced(env: tuple[Topology, Path, Path]) -> None:
     veth could carry gigabits."""
     topo, _, _ = env
     port = "5201"
-    server = subprocess.Popen(topo.in_dst("iperf3", "-s", "-1", "-p", port),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        topo.in_dst("iperf3", "-s", "-1", "-p", port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.5)
         out = subprocess.run(
-            topo.in_src("iperf3", "-c", topo.dst_ip, "-p", port, "-t", "5", "-O", "1", "-J",
-                        "--bind", topo.limited_src_ip),
-            capture_output=True, text=True, timeout=60, check=True,
+            topo.in_src(
+                "iperf3",
+                "-c",
+                topo.dst_ip,
+                "-p",
+                port,
+                "-t",
+                "5",
+                "-O",
+                "1",
+                "-J",
+                "--bind",
+                topo.limited_src_ip,
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout
     finally:
         if server.poll() is None:

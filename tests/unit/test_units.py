@@ -64,7 +64,7 @@ def test_durations(text: str, s: int) -> None:
         pytest.param(parse_size, True, "must be a string", id="size-bool"),
     ],
 )
-def test_bad_values_name_the_value(parse, value: object, fragment: str) -> None:  # noqa: ANN001
+def test_bad_values_name_the_value(parse, value: object, fragment: str) -> None:
     with pytest.raises(UnitError, match=fragment):
         parse(value)
 

@@ -1,0 +1,88 @@
+"""`bwbpf up` is idempotent, counters outlive the process that loaded them, and `bwbpf down`
+leaves the device and bpffs exactly as they were."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_root
+from tests.integration.netns import Topology, sh
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+
+
+@pytest.fixture
+def topo(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
+    require_root()
+    t = Topology()
+    try:
+        t.setup()
+        cfg = tmp_path / "bwbpf.toml"
+        cfg.write_text(f"""
+[node]
+interface = "{t.veth_a}"
+state_dir = "{tmp_path / "state"}"
+[exempt]
+prefixes = ["{t.exempt_prefix}"]
+[[slice]]
+name = "marked"
+id = 3
+match = {{ mark = 3 }}
+""")
+        yield t, cfg
+    finally:
+        t.bwbpf("down", "-c", str(tmp_path / "bwbpf.toml"), check=False)
+        t.teardown()
+
+
+def device_state(t: Topology) -> tuple[str, str, str]:
+    """qdiscs, classes and filters; the program id is left out, since every `up` loads a
+    fresh program (same tag) in place of the old one."""
+
+    def show(*what: str) -> str:
+        return re.sub(r" id \d+", "", sh(*t.in_src("tc", *what, "show", "dev", t.veth_a)).stdout)
+
+    return show("qdisc"), show("class"), show("filter")
+
+
+def test_up_twice_then_down_leaves_nothing(topo: tuple[Topology, Path]) -> None:
+    t, cfg = topo
+    before = device_state(t)
+    bpffs_before = sorted(os.listdir("/sys/fs/bpf"))
+    t.bwbpf("up", "-c", str(cfg))
+    first = device_state(t)
+    second_run = t.bwbpf("up", "-c", str(cfg)).stdout
+    assert "0 class changes, 0 removed" in second_run
+    assert device_state(t) == first  # nothing moved on the second run
+    assert "htb 1:" in first[0] and "bwbpf_egress" in first[2]
+    out = t.bwbpf("down", "-c", str(cfg)).stdout
+    assert "HTB root qdisc" in out
+    assert device_state(t) == before
+    assert sorted(os.listdir("/sys/fs/bpf")) == bpffs_before
+    # A second down finds nothing and says so.
+    assert "nothing of bwbpf's was installed" in t.bwbpf("down", "-c", str(cfg)).stdout
+
+
+def test_counters_survive_the_loader_and_a_second_up(topo: tuple[Topology, Path]) -> None:
+    t, cfg = topo
+    t.bwbpf("up", "-c", str(cfg))  # this process exits; the pinned counters stay
+    t.send(t.dst_ip, 5, 958, mark=3)  # 1000 bytes on the wire each
+    first = _marked(t, cfg)
+    assert first == (5000, 5)
+    t.bwbpf("up", "-c", str(cfg))  # a new program replaces the old one, same counters
+    t.send(t.exempt_dst_ip, 2, 458, mark=3)
+    assert _marked(t, cfg) == (5000, 5)
+    doc = t.stat(cfg)
+    exempt = next(s for s in doc["slices"] if s["name"] == "marked")["classes"]["exempt"]
+    assert (exempt["bytes"], exempt["packets"]) == (1000, 2)
+
+
+def _marked(t: Topology, cfg: Path) -> tuple[int, int]:
+    doc = t.stat(cfg)
+    normal = next(s for s in doc["slices"] if s["name"] == "marked")["classes"]["normal"]
+    return normal["bytes"], normal["packets"]
