@@ -153,7 +153,8 @@ class Ledger:
         restarted: bool,
     ) -> SliceRecord:
         record = self._slices.get(name)
-        share = 1.0
+        # The part of the time since the last reading that lies in this period.
+        share = (1.0, 1.0)
         if record is None:
             start, end = periods(name, None)
             record = SliceRecord(
@@ -166,7 +167,7 @@ class Ledger:
                 # without a finer clock, assume a steady rate and charge the new period only
                 # its part of the gap.
                 if record.read_at is not None and record.read_at < start <= now:
-                    share = (now - start) / (now - record.read_at)
+                    share = (now - start, now - record.read_at)
                 classes = tuple(
                     replace(c, used_bytes=0, used_packets=0, capped=False) for c in record.classes
                 )
@@ -294,9 +295,10 @@ def _check_reading(name: object, dclass: object, reading: object) -> None:
         raise ValueError(f"{name}/{dclass}: a reading is (bytes, packets) >= 0, not {reading!r}")
 
 
-def _part(count: int, share: float) -> int:
+def _part(count: int, share: tuple[float, float]) -> int:
     # Stay in integers when nothing is split: counters can exceed a float's 53 bits.
-    return count if share >= 1 else int(count * share)
+    part, whole = share
+    return count if part >= whole else int(count * part / whole)
 
 
 def _dclass(dclass: int) -> int:

@@ -10,6 +10,7 @@ reference bwmon reset its pickled state silently on any error.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -135,10 +136,8 @@ def _write_atomic(path: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     # The rename lives in the directory; without this a crash can still lose it (see
     # ext4's auto_da_alloc notes and LWN "ext4 and data loss", 2009).

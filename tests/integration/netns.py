@@ -9,13 +9,13 @@ test failed half-way. Traffic only ever goes between these two namespaces.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bwbpf import datapath
 from tests.conftest import unique
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,16 +157,8 @@ class Topology:
             sh("ip", "netns", "del", self.src_ns, check=False)
         if "dst" in self.made:
             sh("ip", "netns", "del", self.dst_ns, check=False)
-        for pin in (f"/sys/fs/bpf/bwbpf/{self.veth_a}",):
-            for name in ("counters", "errors", "prog"):
-                try:
-                    os.unlink(os.path.join(pin, name))
-                except FileNotFoundError:
-                    pass
-            try:
-                os.rmdir(pin)
-            except OSError:
-                pass
+        # Pins a failed test may have left (bwbpf down removes them otherwise).
+        datapath.remove_pins(f"/sys/fs/bpf/bwbpf/{self.veth_a}")
 
     def bwbpf(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh(*self.in_src(BWBPF, *args), check=check)
