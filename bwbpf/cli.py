@@ -143,6 +143,32 @@ def down(config_path: str) -> None:
 
 @main.command()
 @config_option
+@click.option("--once", is_flag=True, help="Run one tick, then exit.")
+@click.option(
+    "--dry-run", is_flag=True, help="Account and decide, but change no HTB class and send no mail."
+)
+@_friendly
+def run(config_path: str, once: bool, dry_run: bool) -> None:
+    """The quota daemon: every tick, counters → usage → ceilings → HTB, state, mail, status.
+
+    Only one daemon runs per interface. SIGHUP reloads the configuration (an invalid one is
+    reported and the old one kept); SIGTERM and SIGINT save the state and exit 0, leaving
+    the shaping in place.
+
+    \b
+    Examples:
+      bwbpf run -c /etc/bwbpf/bwbpf.toml            run until SIGTERM
+      bwbpf run -c bwbpf.toml --once -v             one tick, saying what it did
+      bwbpf run -c bwbpf.toml --dry-run             account and decide only
+    """
+    from bwbpf.daemon import Daemon
+
+    # Warnings (min rates clamped) are logged by the daemon, at start and on reload.
+    Daemon(config.load(config_path), dry_run=dry_run).run(once=once)
+
+
+@main.command()
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document per report.")
 @click.argument("args", nargs=-1)
 @_friendly

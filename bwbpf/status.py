@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 
 from bwbpf.config import Config
+from bwbpf.errors import Error
 
 VERSION = 1
 
@@ -66,3 +67,35 @@ def read(cfg: Config) -> DaemonStatus | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def write(
+    cfg: Config,
+    *,
+    pid: int,
+    last_tick: float,
+    problems: list[str],
+    slices: dict[str, dict[str, Any]],
+) -> None:
+    """Publish the daemon's last tick for ``stat``, atomically (readers never see half).
+
+    Raises ``bwbpf.Error`` with one line if it cannot.
+    """
+    # One atomic writer for every file the daemon keeps (temp file, fsync, rename).
+    from bwbpf.state import _write_atomic
+
+    doc = {
+        "version": VERSION,
+        "pid": pid,
+        "interface": cfg.interface,
+        "last_tick": last_tick,
+        "tick_s": cfg.tick_s,
+        "policy": cfg.policy,
+        "problems": problems,
+        "slices": slices,
+    }
+    path = path_for(cfg)
+    try:
+        _write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise Error(f"cannot write status file {path}: {exc.strerror or exc}") from exc
