@@ -27,7 +27,7 @@ venv: $(VENV)/.done ## the virtual environment (sees Debian's bcc)
 
 setup: host venv ## everything the tests and the demo need
 
-test: setup ## set up, then run every tier: unit, bpf, integration
+test: setup lint ## set up, lint, then run every tier: unit, bpf, integration
 	$(PYTEST) tests/unit tests/bpf tests/integration
 
 test-unit: venv ## pure logic; no root needed

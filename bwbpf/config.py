@@ -431,7 +431,7 @@ def _slice(
     for dclass in limits.DCLASSES:
         override = c.table(raw.get(dclass), f"{key}.{dclass}", _CLASS_KEYS)
         merged = _merged_class(defaults, override, dclass)
-        inherited = set((defaults.get(dclass) or {})) - set(override)
+        inherited = set(defaults.get(dclass) or {}) - set(override)
         origin = {k: f"defaults.{dclass}" for k in inherited}
         quotas[dclass] = _class_quota(c, f"{key}.{dclass}", merged, max_rates[dclass], origin)
     match = _match(c, f"{key}.match", raw.get("match")) if "match" in raw else Match()

@@ -323,6 +323,9 @@ def test_destination_cache_is_right_on_every_cpu(loaded: Loaded) -> None:
             os.sched_setaffinity(0, {cpu})
             chosen, changed = delta(loaded, packet)
             assert (cpu, chosen, changed) == (
-                cpu, classid.slice_class(0, EXEMPT), {(0, EXEMPT): (len(packet), 1)})
+                cpu,
+                classid.slice_class(0, EXEMPT),
+                {(0, EXEMPT): (len(packet), 1)},
+            )
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
