@@ -96,6 +96,16 @@ class Notify:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """Prometheus metrics: served over HTTP at listen_host:listen_port (None: not served)
+    and/or written atomically to a node_exporter textfile."""
+
+    listen_host: str | None
+    listen_port: int
+    textfile: str | None
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     interface: str
@@ -110,6 +120,7 @@ class Config:
     default_slice: Slice
     slices: tuple[Slice, ...]
     notify: Notify | None = None
+    metrics: Metrics | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -139,7 +150,18 @@ _NOTIFY_KEYS = {
     "operator",
     "slice_address",
 }
-_TOP_KEYS = {"node", "quota", "defaults", "exempt", "notify", "slice", "default_slice"}
+_METRICS_KEYS = {"listen", "textfile"}
+_TOP_KEYS = {
+    "node",
+    "quota",
+    "defaults",
+    "exempt",
+    "notify",
+    "metrics",
+    "slice",
+    "default_slice",
+}
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9877"
 
 # The reference bwmon's defaults: 5.4 GB/day normal, 16.4 GB/day exempt, 80 % thresholds.
 _BUILTIN_CLASS = {
@@ -325,10 +347,10 @@ def _notify(c: _Checker, raw: object) -> Notify | None:
     if host is None and sendmail is None:
         sendmail = "/usr/sbin/sendmail"
     for key in ("from", "operator"):
-        if key in n and not (isinstance(n[key], str) and _ADDRESS.match(n[key])):
+        if key in n and not (isinstance(n[key], str) and _ADDRESS.fullmatch(n[key])):
             c.fail(f"notify.{key}", f"is not a mail address: {n[key]!r}")
     slice_address = n.get("slice_address", "{slice}@localhost")
-    if not isinstance(slice_address, str) or not _ADDRESS.match(
+    if not isinstance(slice_address, str) or not _ADDRESS.fullmatch(
         slice_address.replace("{slice}", "x")
     ):
         c.fail("notify.slice_address", f"must be an address with {{slice}}, not {slice_address!r}")
@@ -346,6 +368,30 @@ def _notify(c: _Checker, raw: object) -> Notify | None:
         operator=n.get("operator"),
         slice_address=slice_address,
     )
+
+
+def _metrics(c: _Checker, raw: object) -> Metrics | None:
+    if raw is None:
+        return None
+    m = c.table(raw, "metrics", _METRICS_KEYS)
+    listen = m.get("listen", DEFAULT_METRICS_LISTEN)
+    host: str | None = None
+    port = 0
+    if not isinstance(listen, str):
+        c.fail("metrics.listen", f'must be HOST:PORT or "" (not served), not {listen!r}')
+    elif listen:
+        host, _, port_text = listen.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            c.fail("metrics.listen", f"must be HOST:PORT, not {listen!r}")
+            host = None
+        else:
+            port = int(port_text)
+    textfile = m.get("textfile")
+    if textfile is not None and not (isinstance(textfile, str) and os.path.isabs(textfile)):
+        c.fail("metrics.textfile", f"must be an absolute path, not {textfile!r}")
+        textfile = None
+    return Metrics(host, port, textfile)
 
 
 def _match(c: _Checker, key: str, raw: object) -> Match:
@@ -548,7 +594,7 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
         key = f"slice[{i}]"
         raw = c.table(raw, key, _SLICE_KEYS)
         name = raw.get("name")
-        if not isinstance(name, str) or not SLICE_NAME.match(name):
+        if not isinstance(name, str) or not SLICE_NAME.fullmatch(name):
             c.fail(f"{key}.name", f"must be 1-63 of letters, digits, '_', '.', '-': {name!r}")
             name = None
         elif name in names:
@@ -586,6 +632,7 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
             c.fail("slice", f"{count} IPv{family} source prefixes; at most {limits.MAX_PREFIXES}")
 
     notify = _notify(c, doc.get("notify"))
+    metrics = _metrics(c, doc.get("metrics"))
     if c.problems:
         raise ConfigError(list(dict.fromkeys(c.problems)))
     assert default_slice is not None
@@ -603,6 +650,7 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
         default_slice=default_slice,
         slices=tuple(slices),
         notify=notify,
+        metrics=metrics,
         warnings=tuple(c.warnings),
     )
 

@@ -208,3 +208,22 @@ def test_calendar_period() -> None:
         )
     )
     assert cfg.period == config.Period("monthly", 0, 390, 0, 15, "Europe/Paris")
+
+
+def test_metrics_section() -> None:
+    cfg = config.parse(BASE + '[metrics]\ntextfile = "/var/lib/node_exporter/bwbpf.prom"\n')
+    assert cfg.metrics == config.Metrics("127.0.0.1", 9877, "/var/lib/node_exporter/bwbpf.prom")
+    assert config.parse(BASE).metrics is None
+    off = config.parse(BASE + '[metrics]\nlisten = ""\n')
+    assert off.metrics == config.Metrics(None, 0, None)
+    found = problems(BASE + '[metrics]\nlisten = "localhost"\ntextfile = "x.prom"\n')
+    assert found == [
+        "bw.toml: metrics.listen: must be HOST:PORT, not 'localhost'",
+        "bw.toml: metrics.textfile: must be an absolute path, not 'x.prom'",
+    ]
+
+
+def test_trailing_newline_in_a_name_is_refused() -> None:
+    assert problems(BASE.replace('name = "bob"', 'name = "bob\\n"'))[0].startswith(
+        "bw.toml: slice[1].name:"
+    )
