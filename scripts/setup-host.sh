@@ -3,7 +3,8 @@
 # second run changes nothing and says so. Run as root (make setup does).
 set -eu
 
-PACKAGES="python3-bpfcc python3-venv bpftool iproute2 iperf3 kmod"
+# prometheus: for promtool, which checks the metrics and alert rules in the tests.
+PACKAGES="python3-bpfcc python3-venv bpftool iproute2 iperf3 kmod prometheus"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
