@@ -168,9 +168,12 @@ def main() -> int:
             )
             for i, (host, target) in enumerate(((10, 2), (11, 200), (12, 2))):
                 port_i = str(5301 + i)
+                # Bound to its address: an unbound UDP server answers from the primary one.
+                server_ip = f"10.251.{octet}.{target}"
                 procs.append(
                     subprocess.Popen(
-                        in_dst("iperf3", "-s", "-p", port_i), stdout=subprocess.DEVNULL
+                        in_dst("iperf3", "-s", "-p", port_i, "-B", server_ip),
+                        stdout=subprocess.DEVNULL,
                     )
                 )
                 time.sleep(0.3)

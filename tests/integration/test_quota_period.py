@@ -1,0 +1,149 @@
+"""A whole (short) period with real traffic: past the threshold the ceiling drops, measured
+throughput follows it, and when the period ends the max rate comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bwbpf import classid, limits
+from bwbpf.shaper import Shaper
+from tests.conftest import require_root
+from tests.integration.netns import BWBPF, Topology
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+
+SLICE_ID = 4
+MAX_RATE = 100_000_000
+PERIOD_S = 24
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+    return result
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
+    require_root()
+    topo = Topology()
+    daemon: subprocess.Popen[bytes] | None = None
+    cfg = tmp_path / "bwbpf.toml"
+    try:
+        topo.setup()
+        cfg.write_text(f"""
+[node]
+interface = "{topo.veth_a}"
+tick = "1s"
+state_dir = "{tmp_path / "state"}"
+[quota]
+period = "{PERIOD_S}s"
+[[slice]]
+name = "metered"
+id = {SLICE_ID}
+match = {{ src = ["{topo.limited_src_ip}/32"] }}
+normal = {{ limit = "2MB", threshold = 0.5, max_rate = "100mbit" }}
+""")
+        log = (tmp_path / "daemon.log").open("wb")
+        daemon = subprocess.Popen(topo.in_src(BWBPF, "-v", "run", "-c", str(cfg)), stderr=log)
+        yield topo, cfg
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            os.kill(daemon.pid, signal.SIGTERM)
+            daemon.wait(timeout=15)
+        topo.bwbpf("down", "-c", str(cfg), check=False)
+        topo.teardown()
+
+
+def metered(topo: Topology, cfg: Path) -> dict:
+    doc = topo.stat(cfg)
+    entry = next(s for s in doc["slices"] if s["name"] == "metered")
+    return {**entry["classes"]["normal"], "period_end": entry["period_end"]}
+
+
+def first_tick(topo: Topology, cfg: Path) -> bool:
+    # Until the daemon has installed the datapath, stat has no counters to read.
+    if topo.bwbpf("stat", "-c", str(cfg), check=False).returncode != 0:
+        return False
+    return bool(metered(topo, cfg)["period_end"])
+
+
+def htb_ceil(topo: Topology) -> int:
+    with Shaper(topo.veth_a, netns=topo.src_ns) as shaper:
+        return shaper.classes()[classid.slice_class(SLICE_ID, limits.DCLASS_NORMAL)].ceil_bps
+
+
+def test_period_with_real_traffic(running: tuple[Topology, Path]) -> None:
+    topo, cfg = running
+    wait_for("the daemon's first tick", lambda: first_tick(topo, cfg), 15)
+    # 1.2 MB on the wire: past the 1 MB threshold, short of the 2 MB limit.
+    topo.send(topo.dst_ip, 1200, 958, src=topo.limited_src_ip)
+    capped = wait_for("the cap", lambda: (m := metered(topo, cfg))["capped"] and m, 5)
+    assert capped["bytes"] >= 1_200_000
+    # Smooth: what is left over the time that is left (the daemon decided at its tick).
+    left_s = capped["period_end"] - time.time()
+    predicted = (2_000_000 - capped["bytes"]) * 8 / left_s
+    assert abs(capped["ceil_bps"] - predicted) <= 0.1 * predicted
+    assert htb_ceil(topo) == capped["ceil_bps"]
+
+    # UDP offered at several times the ceiling: what arrives is what HTB lets through.
+    ceil_before = metered(topo, cfg)["ceil_bps"]
+    port = "5202"
+    server = subprocess.Popen(
+        topo.in_dst("iperf3", "-s", "-1", "-p", port, "-B", topo.dst_ip),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.4)
+        out = subprocess.run(
+            topo.in_src(
+                "iperf3",
+                "-c",
+                topo.dst_ip,
+                "-p",
+                port,
+                "-u",
+                "-b",
+                "3M",
+                "-t",
+                "4",
+                "-J",
+                "-B",
+                topo.limited_src_ip,
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    finally:
+        if server.poll() is None:
+            server.wait(timeout=20)
+    ceil_after = metered(topo, cfg)["ceil_bps"]
+    received = json.loads(out)["end"]["sum_received"]["bits_per_second"]
+    expected = (ceil_before + ceil_after) / 2
+    assert abs(received - expected) <= 0.1 * expected, (received, ceil_before, ceil_after)
+
+    # The period ends: the max rate is back, in stat and in the kernel, and usage restarts.
+    period_end = metered(topo, cfg)["period_end"]
+    wait_for(
+        "the next period", lambda: not metered(topo, cfg)["capped"], period_end - time.time() + 5
+    )
+    after = metered(topo, cfg)
+    assert after["period_end"] >= period_end + PERIOD_S - 1
+    assert after["bytes"] < 100_000
+    assert after["ceil_bps"] == MAX_RATE
+    assert htb_ceil(topo) == MAX_RATE
