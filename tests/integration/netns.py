@@ -12,6 +12,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,6 +166,41 @@ class Topology:
 
     def stat(self, config: Path) -> dict:
         return json.loads(self.bwbpf("stat", "--json", "-c", str(config)).stdout)
+
+    def iperf3(
+        self, src: str, seconds: int, udp_rate: str | None = None, port: int = 5201
+    ) -> float:
+        """Bits per second the far side received from an iperf3 client bound to src (TCP,
+        or UDP offered at udp_rate). The server is bound to its address: an unbound UDP
+        server would answer from the primary one."""
+        server = subprocess.Popen(
+            self.in_dst("iperf3", "-s", "-1", "-p", str(port), "-B", self.dst_ip),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        udp = ["-u", "-b", udp_rate] if udp_rate else ["-O", "1"]
+        try:
+            time.sleep(0.4)
+            out = sh(
+                *self.in_src(
+                    "iperf3",
+                    "-c",
+                    self.dst_ip,
+                    "-p",
+                    str(port),
+                    "-t",
+                    str(seconds),
+                    "-J",
+                    "-B",
+                    src,
+                    *udp,
+                ),
+                timeout=seconds + 30,
+            )
+        finally:
+            if server.poll() is None:
+                server.wait(timeout=20)
+        return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"])
 
     def send(self, dst: str, count: int, size: int, **opts: object) -> None:
         cmd = [
