@@ -13,9 +13,11 @@
 #error "sizes come from bwbpf/limits.py: compile through bwbpf.datapath"
 #endif
 
-/* Counters are indexed by slice id and destination class: one per-CPU array slot each. */
+/* Counters are indexed by slice id: one per-CPU array slot holds both destination classes,
+ * so that reading every slice is one element per slice (BPF_MAP_LOOKUP_BATCH costs ~0.24 us
+ * per element). */
 #define BWBPF_NUM_DCLASSES 2
-#define BWBPF_COUNTER_SLOTS ((BWBPF_MAX_SLICE_ID + 1) * BWBPF_NUM_DCLASSES)
+#define BWBPF_COUNTER_SLOTS (BWBPF_MAX_SLICE_ID + 1)
 
 enum bwbpf_dclass {
 	BWBPF_DCLASS_NORMAL = 0, /* everything not in the exempt prefix set */
@@ -48,6 +50,10 @@ struct bwbpf_counter {
 	__u64 packets; /* sum of max(gso_segs, 1): equals HTB's packet counter */
 };
 
+struct bwbpf_slice_counters {
+	struct bwbpf_counter dclass[BWBPF_NUM_DCLASSES]; /* by enum bwbpf_dclass */
+};
+
 /* The one-entry settings array. */
 struct bwbpf_settings {
 	__u32 flags;         /* enum bwbpf_flags */
@@ -69,6 +75,14 @@ struct bwbpf_lpm6 {
 struct bwbpf_dst {
 	__u32 family; /* 4 or 6 */
 	__u8 addr[16]; /* IPv4 uses the first 4 bytes, the rest stay zero */
+};
+
+/* A slot of the per-CPU direct-mapped cache of destination classes in front of the exempt
+ * tries. A slot is used by one CPU only; family 0 marks it empty. */
+struct bwbpf_dclass_slot {
+	__u32 family; /* 0 (empty), 4 or 6 */
+	__u32 dclass; /* enum bwbpf_dclass */
+	__u32 addr[4]; /* network byte order; IPv4 uses addr[0] */
 };
 
 #endif /* BWBPF_H */

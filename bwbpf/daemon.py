@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from bwbpf import config, datapath, node, notify, periods, policy, state, status
+from bwbpf import config, datapath, metrics, node, notify, periods, policy, state, status
 from bwbpf.config import Config
 from bwbpf.errors import ConfigError, Error
 from bwbpf.ledger import Ledger, Reading
@@ -200,6 +200,7 @@ class Daemon:
         self.signals: queue.Queue[int] = queue.Queue()
         self._lock: int | None = None
         self._counters: datapath.Counters | None = None
+        self.exporter = metrics.Exporter(cfg.interface)
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -216,6 +217,7 @@ class Daemon:
             log.info("dry run: no HTB class will change and no mail will be sent")
         else:
             self._install(recorded_ceilings(self.cfg, self.ledger))
+        self._serve_metrics()
 
     def stop(self) -> None:
         """Save the state and let go of everything; shaping stays as it is."""
@@ -224,6 +226,7 @@ class Daemon:
             if self._lock is not None:
                 state.save_state(self.state_path, self.cfg.interface, self.ledger)
         finally:
+            self.exporter.close()
             if self._counters is not None:
                 self._counters.close()
                 self._counters = None
@@ -273,6 +276,7 @@ class Daemon:
     def tick(self, now: float) -> Decisions:
         """One round of accounting, policy, shaping, state, mail and status."""
         cfg = self.cfg
+        started = time.monotonic()
         self.tick_problems = []
         if self._counters is None:
             self._reopen_counters()
@@ -290,6 +294,8 @@ class Daemon:
         self._guard(self._save, now)
         if not self.dry_run:
             self._notify(decisions, now)
+        # Metrics before status: a textfile that cannot be written shows in `bwbpf stat`.
+        self._guard(self._export, now, decisions, time.monotonic() - started)
         self._guard(self._publish, now, decisions)
         capped = sorted(n for n, by in decisions.items() if any(d.capped for d in by.values()))
         sd_notify(
@@ -362,9 +368,37 @@ class Daemon:
             self.cfg,
             pid=os.getpid(),
             last_tick=now,
-            problems=self.lasting_problems + self.tick_problems,
+            problems=self.lasting_problems + self.exporter.problems + self.tick_problems,
             slices=status_slices(self.cfg, self.ledger, decisions),
         )
+
+    def _serve_metrics(self) -> None:
+        """Serve metrics as [metrics] says. An address in use is a problem shown in stat, not
+        a reason to stop enforcing quotas; a reload tries again."""
+        try:
+            self.exporter.serve(self.cfg.metrics)
+        except Error as exc:
+            log.error("%s", exc)
+
+    def _export(self, now: float, decisions: Decisions, tick_duration_s: float) -> None:
+        """Hand this tick's snapshot to the metrics exporter (and its textfile)."""
+        if self.cfg.metrics is None or self._counters is None:
+            return
+        try:
+            errors = self._counters.errors()
+        except OSError as exc:
+            raise Error(f"cannot read the datapath error counters: {exc.strerror}") from None
+        problems = self.lasting_problems + self.exporter.problems + self.tick_problems
+        snap = metrics.snapshot(
+            self.cfg,
+            self.ledger,
+            decisions,
+            errors,
+            now=now,
+            tick_duration_s=tick_duration_s,
+            problems=len(problems),
+        )
+        self.exporter.update(snap, self.cfg.metrics.textfile)
 
     # -- reload and the loop --------------------------------------------------------------
 
@@ -393,6 +427,7 @@ class Daemon:
         if not self.dry_run:
             # New slices and matches need new match maps, not only new classes.
             self._install(recorded_ceilings(new, self.ledger))
+        self._serve_metrics()  # a changed [metrics] listen takes effect now
         log.info("reloaded %s: %d slices", new.path, len(new.slices))
         return True
 

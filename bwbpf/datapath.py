@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
+import operator
 import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bwbpf import bpfsys, classid, layout, limits
 from bwbpf.config import Config, Network
@@ -32,10 +34,15 @@ PROGRAM_NAME = "bwbpf_egress"
 FILTER_PRIO = 1
 FILTER_HANDLE = 1
 ETH_P_ALL = 0x0003
-COUNTER_SLOTS = (limits.MAX_SLICE_ID + 1) * len(limits.DCLASSES)
+COUNTER_SLOTS = limits.MAX_SLICE_ID + 1
 PINNED_MAPS = {
     # name: (type, key size, value size, max entries) as bpf/egress.c declares them
-    "counters": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, ctypes.sizeof(layout.Counter), COUNTER_SLOTS),
+    "counters": (
+        bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY,
+        4,
+        ctypes.sizeof(layout.SliceCounters),
+        COUNTER_SLOTS,
+    ),
     "errors": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(limits.ERROR_REASONS)),
 }
 PROGRAM_PIN = "prog"
@@ -197,8 +204,13 @@ def populate(bpf: Any, tables: MatchTables) -> None:
     leaf.flags = tables.flags
     leaf.cgroup_levels = tables.cgroup_levels
     settings[ctypes.c_int(0)] = leaf
+    small = bpf["slice_by_small_mark"]
+    for mark, slice_id in tables.marks.items():
+        if mark <= limits.MAX_SLICE_ID:
+            small[ctypes.c_int(mark)] = ctypes.c_uint32(slice_id)
+    large = {m: s for m, s in tables.marks.items() if m > limits.MAX_SLICE_ID}
     for name, entries, ktype in (
-        ("slice_by_mark", tables.marks, ctypes.c_uint32),
+        ("slice_by_mark", large, ctypes.c_uint32),
         ("slice_by_uid", tables.uids, ctypes.c_uint32),
         ("slice_by_cgroup", tables.cgroups, ctypes.c_uint64),
     ):
@@ -320,8 +332,7 @@ def remove_pins(pin_dir: str) -> list[str]:
     return removed
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     bytes: int
     packets: int
 
@@ -355,25 +366,27 @@ class Counters:
         ids = sorted(set(slice_ids))
         if not ids:
             return {}
-        slots = (ids[-1] + 1) * len(limits.DCLASSES)
+        ndc = len(limits.DCLASSES)
         raw = bpfsys.percpu_array_read(
-            self._counters, slots, ctypes.sizeof(layout.Counter), self.ncpus
+            self._counters, ids[-1] + 1, ctypes.sizeof(layout.SliceCounters), self.ncpus
         )
         words = raw.cast("Q")
-        per_slot = 2 * self.ncpus  # bytes, packets per CPU
-        out: dict[int, tuple[Usage, Usage]] = {}
-        for sid in ids:
-            pair = []
-            for dclass in range(len(limits.DCLASSES)):
-                base = (sid * len(limits.DCLASSES) + dclass) * per_slot
-                pair.append(
-                    Usage(
-                        sum(words[base : base + per_slot : 2]),
-                        sum(words[base + 1 : base + per_slot : 2]),
-                    )
+        # Slot-major, then CPU, then (bytes, packets) per dclass. Sum each column over the
+        # CPUs with whole-list operations, and build the tuples without NamedTuple.__new__'s
+        # argument parsing: 10,000 slices in ~9 ms rather than ~22 (bench/run.py).
+        per_cpu = 2 * ndc
+        stride = per_cpu * self.ncpus
+        cols = []
+        for field in range(per_cpu):
+            total = words[field::stride].tolist()
+            for cpu in range(1, self.ncpus):
+                total = list(
+                    map(operator.add, total, words[field + per_cpu * cpu :: stride].tolist())
                 )
-            out[sid] = (pair[0], pair[1])
-        return out
+            cols.append(total)
+        nb, np_, eb, ep = cols
+        make = functools.partial(tuple.__new__, Usage)
+        return {s: (make((nb[s], np_[s])), make((eb[s], ep[s]))) for s in ids}
 
     def errors(self) -> dict[str, int]:
         raw = bpfsys.percpu_array_read(self._errors, len(limits.ERROR_REASONS), 8, self.ncpus)

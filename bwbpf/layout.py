@@ -13,6 +13,22 @@ class Counter(ctypes.Structure):
     _fields_ = [("bytes", ctypes.c_uint64), ("packets", ctypes.c_uint64)]
 
 
+class SliceCounters(ctypes.Structure):
+    """Must match struct bwbpf_slice_counters in bpf/bwbpf.h: one counter per dclass."""
+
+    _fields_ = [("dclass", Counter * 2)]
+
+
+class DclassSlot(ctypes.Structure):
+    """Must match struct bwbpf_dclass_slot in bpf/bwbpf.h."""
+
+    _fields_ = [
+        ("family", ctypes.c_uint32),
+        ("dclass", ctypes.c_uint32),
+        ("addr", ctypes.c_uint32 * 4),
+    ]
+
+
 class Settings(ctypes.Structure):
     """Must match struct bwbpf_settings in bpf/bwbpf.h."""
 

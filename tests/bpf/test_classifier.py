@@ -128,7 +128,7 @@ def loaded(cgroup_dir: Path) -> Iterator[Loaded]:
         [[slice]]
         name = "top"
         id = {limits.MAX_SLICE_ID}
-        match = {{ mark = 99 }}
+        match = {{ mark = 70000 }}
     """
     cfg = config.parse(text)
     loaded = Loaded(cfg)
@@ -196,9 +196,9 @@ CASES = [
     ),
     pytest.param(
         eth(0x0800, ipv4("10.9.0.1", "192.0.2.9")),
-        99,
+        70000,  # above the largest slice id: the hash, not the array
         (limits.MAX_SLICE_ID, EXEMPT),
-        id="highest-slice-id",
+        id="highest-slice-id-large-mark",
     ),
     pytest.param(
         eth(0x0800, ipv4("10.1.0.1", "192.0.2.9"), vlans=(0x8100,)),
@@ -254,16 +254,18 @@ def test_truncated_header_fails_open_and_is_counted(loaded: Loaded, packet: byte
 
 
 def test_mark_pointing_past_the_last_slice_is_an_error(loaded: Loaded) -> None:
+    # Marks above the largest slice id are looked up in the hash (smaller ones in an array).
     table = loaded.bpf["slice_by_mark"]
-    table[ctypes.c_uint32(12345)] = ctypes.c_uint32(limits.MAX_SLICE_ID + 1)
+    mark = limits.MAX_SLICE_ID + 12345
+    table[ctypes.c_uint32(mark)] = ctypes.c_uint32(limits.MAX_SLICE_ID + 1)
     try:
         before = loaded.counters.errors()
-        chosen, changed = delta(loaded, eth(0x0800, ipv4("10.9.0.1", "203.0.113.1")), 12345)
+        chosen, changed = delta(loaded, eth(0x0800, ipv4("10.9.0.1", "203.0.113.1")), mark)
         assert chosen == classid.slice_class(0, NORMAL)
         assert list(changed) == [(0, NORMAL)]
         assert loaded.counters.errors()["slice_out_of_range"] == before["slice_out_of_range"] + 1
     finally:
-        del table[ctypes.c_uint32(12345)]
+        del table[ctypes.c_uint32(mark)]
 
 
 def test_socket_uid(loaded: Loaded) -> None:

@@ -40,7 +40,8 @@ def test_structs_match_what_bcc_builds() -> None:
     bpf = datapath.compile_program(cfg.pin_dir)
     try:
         pairs = [
-            (bpf["counters"].sLeaf, layout.Counter),  # one CPU's value,
+            (bpf["counters"].sLeaf, layout.SliceCounters),  # one CPU's value
+            (bpf["dclass_cache"].sLeaf, layout.DclassSlot),
             (bpf["settings"].Leaf, layout.Settings),
             (bpf["exempt4"].Key, layout.Lpm4),
             (bpf["exempt6"].Key, layout.Lpm6),

@@ -1,0 +1,171 @@
+"""Metrics end to end: a daemon in a test namespace serves them on 127.0.0.1 there and writes
+a textfile; after known traffic both show the slice's byte counter to the byte."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bwbpf import __version__
+from tests.conftest import require_root
+from tests.integration.netns import BWBPF, Topology, sh
+from tests.integration.test_daemon import UDP4_OVERHEAD, stop, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+
+SLICE, SLICE_ID = "metered", 11
+# Primes, so that no other count of packets or bytes can match by accident.
+COUNT, SIZE = 101, 997
+SENT_BYTES = COUNT * (SIZE + UDP4_OVERHEAD)
+
+
+def write_config(path: Path, topo: Topology, port: int, textfile: Path) -> Path:
+    path.write_text(f"""
+[node]
+interface = "{topo.veth_a}"
+line_rate = "1gbit"
+node_cap = "500mbit"
+tick = "1s"
+state_dir = "{path.parent / "state"}"
+
+[metrics]
+listen = "127.0.0.1:{port}"
+textfile = "{textfile}"
+
+[[slice]]
+name = "{SLICE}"
+id = {SLICE_ID}
+match = {{ src = ["{topo.limited_src_ip}/32"] }}
+normal = {{ limit = "1GB", max_rate = "100mbit" }}
+""")
+    return path
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.topo = Topology()
+        self.tmp = tmp
+        # A fresh namespace: any port is free in it.
+        self.port = random.randint(20000, 60000)
+        self.textfile = tmp / "textfile" / "bwbpf.prom"
+        self.config = write_config(tmp / "bwbpf.toml", self.topo, self.port, self.textfile)
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "daemon.log"
+
+    def start_daemon(self) -> None:
+        self.textfile.parent.mkdir()
+        with open(self.log, "wb") as log:
+            self.daemon = subprocess.Popen(
+                self.topo.in_src(BWBPF, "-v", "run", "-c", str(self.config)),
+                stdout=log,
+                stderr=log,
+            )
+
+    def scrape(self) -> str | None:
+        """GET /metrics from inside the daemon's namespace (its 127.0.0.1)."""
+        assert self.daemon is not None and self.daemon.poll() is None, self.log.read_text()
+        code = (
+            "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+            f"'http://127.0.0.1:{self.port}/metrics', timeout=5).read().decode())"
+        )
+        result = sh(*self.topo.in_src(sys.executable, "-c", code), check=False, timeout=15)
+        return result.stdout if result.returncode == 0 else None
+
+    def read_textfile(self) -> str | None:
+        try:
+            return self.textfile.read_text()
+        except OSError:
+            return None
+
+    def cleanup(self) -> None:
+        stop(self.daemon, signal.SIGTERM)
+        self.topo.teardown()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    require_root()
+    if shutil.which("nsenter") is None:
+        pytest.skip("nsenter is not installed")
+    e = Env(tmp_path)
+    try:
+        e.topo.setup()
+        yield e
+    finally:
+        e.cleanup()
+
+
+def tick_after(text: str | None, interface: str, t: float) -> dict | None:
+    """The samples of an exposition whose last tick began after ``t``, else None."""
+    if not text:
+        return None
+    got = samples(text)
+    last = got.get(("bwbpf_last_tick_timestamp_seconds", frozenset({("interface", interface)})))
+    return got if last is not None and last > t else None
+
+
+def test_scrape_and_textfile_count_every_byte(env: Env) -> None:
+    iface = env.topo.veth_a
+    env.start_daemon()
+    started = time.time()
+    wait_for("the first scrape", lambda: tick_after(env.scrape(), iface, started - 5), timeout=20)
+
+    env.topo.send(env.topo.dst_ip, COUNT, SIZE, src=env.topo.limited_src_ip)
+    # Counted at enqueue, in the sending process: after it exits, the counters are final.
+    sent_at = time.time()
+
+    key = frozenset({"interface": iface, "slice": SLICE, "dclass": "normal"}.items())
+    scraped = wait_for("a tick after the traffic", lambda: tick_after(env.scrape(), iface, sent_at))
+    assert scraped[("bwbpf_slice_bytes_total", key)] == SENT_BYTES, env.log.read_text()
+    assert scraped[("bwbpf_slice_packets_total", key)] == COUNT
+    assert scraped[("bwbpf_slice_period_bytes", key)] == SENT_BYTES
+    assert scraped[("bwbpf_slice_capped", key)] == 0
+    assert scraped[("bwbpf_slice_limit_bytes", key)] == 1_000_000_000
+    assert scraped[("bwbpf_slice_ceiling_bytes_per_second", key)] == 100_000_000 / 8
+    node = frozenset({("interface", iface)})
+    assert scraped[("bwbpf_problems", node)] == 0
+    assert scraped[("bwbpf_tick_interval_seconds", node)] == 1
+    assert 0 < scraped[("bwbpf_tick_duration_seconds", node)] < 1
+    build = frozenset({"interface": iface, "version": __version__}.items())
+    assert scraped[("bwbpf_build_info", build)] == 1
+    errors = {k: v for k, v in scraped.items() if k[0] == "bwbpf_datapath_errors_total"}
+    assert errors and set(errors.values()) == {0}
+
+    written = wait_for(
+        "a textfile after the traffic", lambda: tick_after(env.read_textfile(), iface, sent_at)
+    )
+    assert written[("bwbpf_slice_bytes_total", key)] == SENT_BYTES
+    assert written[("bwbpf_slice_packets_total", key)] == COUNT
+    # Only the file itself: the temporary one was renamed over it.
+    assert [p.name for p in env.textfile.parent.iterdir()] == ["bwbpf.prom"]
+
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        text = env.scrape()
+        assert text is not None
+        check = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+    # SIGTERM: clean exit, and the endpoint goes away with the daemon.
+    assert stop(env.daemon) == 0, env.log.read_text()
+    code = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{env.port}/')"
+    assert sh(*env.topo.in_src(sys.executable, "-c", code), check=False).returncode != 0
