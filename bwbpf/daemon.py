@@ -270,6 +270,14 @@ class Daemon:
             self._counters.close()
             self._counters = None
         self._counters = datapath.Counters(self.cfg.pin_dir)
+        generation = self._counters.generation
+        if self.ledger.counters_generation != generation:
+            # Maps this ledger never read from (made by `bwbpf up` after a reboot, say, or
+            # before this daemon's first start): all they counted is new traffic, whatever
+            # the old baselines were.
+            log.info("%s: counters were recreated; counting them from zero", self.cfg.interface)
+            self.ledger.counters_restarted()
+        self.ledger.counters_generation = generation
 
     # -- the tick -------------------------------------------------------------------------
 

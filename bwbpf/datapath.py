@@ -351,6 +351,15 @@ class Counters:
                 f"no bwbpf counters pinned in {pin_dir} ({exc.strerror}); run `bwbpf up` first"
             ) from None
 
+    @property
+    def generation(self) -> str:
+        """Names these maps: the boot and the kernel's id for the counters map. Another value
+        than last time means the counters were recreated (a reboot, `down` then `up`) and
+        count from zero, even when they have since passed the old readings."""
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{bpfsys.map_info(self._counters).id}"
+
     def close(self) -> None:
         for fd in (self._counters, self._errors):
             os.close(fd)

@@ -93,6 +93,8 @@ class Ledger:
     def __init__(self) -> None:
         self._slices: dict[str, SliceRecord] = {}
         self._restarted = False
+        # Which kernel maps the baselines were read from (see datapath.Counters.generation).
+        self.counters_generation: str | None = None
 
     def __len__(self) -> int:
         return len(self._slices)
@@ -103,7 +105,10 @@ class Ledger:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Ledger):
             return NotImplemented
-        return self._slices == other._slices
+        return (self._slices, self.counters_generation) == (
+            other._slices,
+            other.counters_generation,
+        )
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
@@ -225,6 +230,7 @@ class Ledger:
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-ready dict; ``from_dict`` reads it back."""
         return {
+            "counters_generation": self.counters_generation,
             "slices": {
                 name: {
                     "period_start": r.period_start,
@@ -244,17 +250,26 @@ class Ledger:
                     },
                 }
                 for name, r in sorted(self._slices.items())
-            }
+            },
         }
 
     @classmethod
     def from_dict(cls, data: object) -> Ledger:
         """Rebuild a ledger from ``to_dict()`` output; ValueError naming the bad key."""
-        top = _table(data, "ledger", {"slices"})
+        # counters_generation came later: a ledger without it is still read.
+        if isinstance(data, dict) and "counters_generation" not in data:
+            data = {**data, "counters_generation": None}
+        top = _table(data, "ledger", {"slices", "counters_generation"})
+        generation = top["counters_generation"]
+        if generation is not None and not isinstance(generation, str):
+            raise ValueError(
+                f"ledger.counters_generation: must be a string, not {_kind(generation)}"
+            )
         raw_slices = top["slices"]
         if not isinstance(raw_slices, dict):
             raise ValueError(f"ledger.slices: must be an object, not {_kind(raw_slices)}")
         ledger = cls()
+        ledger.counters_generation = generation
         for name, raw in raw_slices.items():
             where = f"ledger.slices.{name!r}"
             if not isinstance(name, str) or not name or not name.isprintable():

@@ -253,10 +253,12 @@ def _sample() -> Ledger:
     ledger.set_ceiling("alice", NORMAL, 8000, True)
     ledger.set_notified("alice")
     tick(ledger, 20.5, {"alice": {NORMAL: (6000, 6), EXEMPT: (70, 1)}})
+    ledger.counters_generation = "boot-1/42"
     return ledger
 
 
 SAMPLE_DICT: dict[str, Any] = {
+    "counters_generation": "boot-1/42",
     "slices": {
         "alice": {
             "period_start": 0.5,
@@ -300,12 +302,22 @@ SAMPLE_DICT: dict[str, Any] = {
                 "ceil_bps": None,
             },
         },
-    }
+    },
 }
 
 
 def test_to_dict() -> None:
     assert _sample().to_dict() == SAMPLE_DICT
+
+
+def test_counters_generation() -> None:
+    again = Ledger.from_dict(copy.deepcopy(SAMPLE_DICT))
+    assert again.counters_generation == "boot-1/42"
+    older = copy.deepcopy(SAMPLE_DICT)
+    del older["counters_generation"]  # a state file from before the field existed
+    assert Ledger.from_dict(older).counters_generation is None
+    with pytest.raises(ValueError, match=r"ledger\.counters_generation: must be a string"):
+        Ledger.from_dict({**SAMPLE_DICT, "counters_generation": 7})
 
 
 def test_from_dict_round_trip() -> None:

@@ -1,0 +1,112 @@
+"""Counters recreated behind the daemon's back, and the monitor-only mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bwbpf import classid, limits
+from bwbpf.shaper import Shaper
+from tests.conftest import require_root
+from tests.integration.netns import BWBPF, Topology
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+
+SLICE_ID = 12
+WIRE = 1000  # bytes on the wire of each 958-byte datagram
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[Topology, Path, list[subprocess.Popen[bytes]]]]:
+    require_root()
+    topo = Topology()
+    cfg = tmp_path / "bwbpf.toml"
+    daemons: list[subprocess.Popen[bytes]] = []
+    try:
+        topo.setup()
+        cfg.write_text(f"""
+[node]
+interface = "{topo.veth_a}"
+tick = "1s"
+state_dir = "{tmp_path / "state"}"
+[quota]
+period = "1h"
+[[slice]]
+name = "tenant"
+id = {SLICE_ID}
+match = {{ src = ["{topo.limited_src_ip}/32"] }}
+normal = {{ limit = "100kB", threshold = 0.5, max_rate = "100mbit" }}
+""")
+        yield topo, cfg, daemons
+    finally:
+        for d in daemons:
+            if d.poll() is None:
+                os.kill(d.pid, signal.SIGTERM)
+                d.wait(timeout=15)
+        topo.bwbpf("down", "-c", str(cfg), check=False)
+        topo.teardown()
+
+
+def usage(topo: Topology, cfg: Path) -> tuple[int, bool]:
+    doc = topo.stat(cfg)
+    entry = next(s for s in doc["slices"] if s["name"] == "tenant")
+    return entry["classes"]["normal"]["bytes"], entry["capped"]
+
+
+def wait_usage(topo: Topology, cfg: Path, expected: int) -> None:
+    deadline = time.monotonic() + 10
+    while (got := usage(topo, cfg)[0]) != expected:
+        assert time.monotonic() < deadline, f"usage {got}, expected {expected}"
+        time.sleep(0.3)
+
+
+def start(topo: Topology, cfg: Path, daemons: list, *extra: str) -> subprocess.Popen[bytes]:
+    d = subprocess.Popen(
+        topo.in_src(BWBPF, "run", "-c", str(cfg), *extra), stderr=subprocess.DEVNULL
+    )
+    daemons.append(d)
+    return d
+
+
+def stop(d: subprocess.Popen[bytes]) -> None:
+    os.kill(d.pid, signal.SIGTERM)
+    assert d.wait(timeout=15) == 0
+
+
+def test_recreated_counters_count_from_zero(node: tuple) -> None:
+    """`bwbpf down` and `up` while the daemon is stopped make new maps; by the time the
+    daemon is back they have counted past its last reading. Nothing may be lost."""
+    topo, cfg, daemons = node
+    d = start(topo, cfg, daemons)
+    time.sleep(2)
+    topo.send(topo.dst_ip, 30, WIRE - 42, src=topo.limited_src_ip)
+    time.sleep(2.5)  # a tick after the traffic, so the daemon's ledger has read it
+    stop(d)
+    assert usage(topo, cfg)[0] == 30 * WIRE
+    topo.bwbpf("down", "-c", str(cfg))
+    topo.bwbpf("up", "-c", str(cfg))
+    topo.send(topo.dst_ip, 41, WIRE - 42, src=topo.limited_src_ip)  # past 30,000 already
+    start(topo, cfg, daemons)
+    wait_usage(topo, cfg, 71 * WIRE)
+
+
+def test_dry_run_decides_but_changes_nothing(node: tuple) -> None:
+    topo, cfg, daemons = node
+    topo.bwbpf("up", "-c", str(cfg))
+    topo.send(topo.dst_ip, 70, WIRE - 42, src=topo.limited_src_ip)  # past the 50 kB threshold
+    d = start(topo, cfg, daemons, "--dry-run")
+    deadline = time.monotonic() + 10
+    while not usage(topo, cfg)[1]:
+        assert time.monotonic() < deadline, "the dry run never decided to cap"
+        time.sleep(0.3)
+    assert usage(topo, cfg)[0] == 70 * WIRE
+    with Shaper(topo.veth_a, netns=topo.src_ns) as shaper:
+        ceil = shaper.classes()[classid.slice_class(SLICE_ID, limits.DCLASS_NORMAL)].ceil_bps
+    assert ceil == 100_000_000  # decided, not applied
+    stop(d)
