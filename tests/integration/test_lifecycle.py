@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bwbpf import classid, limits
+from bwbpf.shaper import Shaper
 from tests.conftest import require_root
 from tests.integration.netns import Topology, sh
 
@@ -86,3 +88,23 @@ def _marked(t: Topology, cfg: Path) -> tuple[int, int]:
     doc = t.stat(cfg)
     normal = next(s for s in doc["slices"] if s["name"] == "marked")["classes"]["normal"]
     return normal["bytes"], normal["packets"]
+
+
+def test_rates_above_34_gbit(topo: tuple[Topology, Path]) -> None:
+    """HTB's 32-bit rate field ends at ~34.4 Gbit/s; beyond it the 64-bit attributes carry
+    the rate. Read back what the kernel holds."""
+    t, cfg = topo
+    text = cfg.read_text().replace(
+        "[node]\n", '[node]\nline_rate = "100gbit"\nnode_cap = "40gbit"\n'
+    )
+    text += 'exempt = { max_rate = "75.5gbit", min_rate = "20gbit" }\n'
+    cfg.write_text(text)
+    t.bwbpf("up", "-c", str(cfg))
+    with Shaper(t.veth_a, netns=t.src_ns) as shaper:
+        classes = shaper.classes()
+    assert classes[classid.ROOT_CLASS].ceil_bps == 100 * 10**9
+    assert classes[classid.parent_class(limits.DCLASS_NORMAL)].ceil_bps == 40 * 10**9
+    exempt = classes[classid.slice_class(3, limits.DCLASS_EXEMPT)]
+    assert (exempt.rate_bps, exempt.ceil_bps) == (20 * 10**9, 75_500_000_000)
+    # A second `up` sees nothing to change: the 64-bit values read back equal.
+    assert "0 class changes" in t.bwbpf("up", "-c", str(cfg)).stdout
