@@ -55,3 +55,56 @@ demo: setup ## three slices in namespaces, the daemon, stat, a capped slice and 
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# make install: bwbpf gets its own virtual environment ($(INSTALL_VENV), --system-site-packages
+# so that it sees Debian's bcc, which is not on PyPI; pip never touches Debian's Python) and
+# $(PREFIX)/bin/bwbpf links to it. The BPF C sources go to $(PREFIX)/share/bwbpf/bpf, where
+# bwbpf/datapath.py looks (so PREFIX is /usr/local or /usr). The package is built from a
+# copy of the sources, so a read-only checkout works. DESTDIR stages it all under another
+# root; the venv's scripts are rewritten to run from their final place. Offline (a VM with
+# no network): INSTALL_PIP_ARGS="--no-index --find-links DIR" with the wheels in DIR.
+PREFIX       ?= /usr/local
+INSTALL_VENV ?= /opt/bwbpf
+UNITDIR      ?= $(PREFIX)/lib/systemd/system
+INSTALL_PIP_ARGS ?=
+.PHONY: install uninstall
+
+install: ## install: venv in /opt/bwbpf, bin, BPF sources, systemd unit, /etc/bwbpf (root)
+	@set -e; venv='$(DESTDIR)$(INSTALL_VENV)'; src=$$(mktemp -d); trap 'rm -rf "$$src"' EXIT; \
+	cp -r pyproject.toml README.md bwbpf "$$src/"; \
+	test -x "$$venv/bin/python" || $(PYTHON) -m venv --system-site-packages "$$venv"; \
+	echo "install: bwbpf into $$venv"; \
+	"$$venv/bin/python" -m pip install -q --disable-pip-version-check --no-warn-script-location $(INSTALL_PIP_ARGS) "$$src"; \
+	"$$venv/bin/python" -c 'import bcc' 2>/dev/null || \
+	  echo "install: warning: $$venv cannot import bcc: apt-get install python3-bpfcc"; \
+	if [ -n '$(DESTDIR)' ]; then for f in "$$venv"/bin/*; do \
+	  if [ ! -L "$$f" ] && grep -qI "$$venv" "$$f"; then sed -i "s|$$venv|$(INSTALL_VENV)|g" "$$f"; fi; \
+	done; fi; \
+	install -d '$(DESTDIR)$(PREFIX)/bin' '$(DESTDIR)$(PREFIX)/share/bwbpf/bpf' '$(DESTDIR)$(UNITDIR)'; \
+	ln -sfn '$(INSTALL_VENV)/bin/bwbpf' '$(DESTDIR)$(PREFIX)/bin/bwbpf'; \
+	install -m 644 bpf/*.c bpf/*.h '$(DESTDIR)$(PREFIX)/share/bwbpf/bpf/'; \
+	sed 's|/usr/local/bin/bwbpf|$(PREFIX)/bin/bwbpf|g' deploy/systemd/bwbpf.service \
+	  > '$(DESTDIR)$(UNITDIR)/bwbpf.service'; \
+	chmod 644 '$(DESTDIR)$(UNITDIR)/bwbpf.service'; \
+	echo "install: $(PREFIX)/bin/bwbpf, $(PREFIX)/share/bwbpf/bpf, $(UNITDIR)/bwbpf.service"; \
+	install -d -m 755 '$(DESTDIR)/etc/bwbpf' '$(DESTDIR)/var/lib/bwbpf'; \
+	if [ -e '$(DESTDIR)/etc/bwbpf/bwbpf.toml' ]; then echo "install: kept /etc/bwbpf/bwbpf.toml"; \
+	else install -m 644 deploy/bwbpf.toml '$(DESTDIR)/etc/bwbpf/bwbpf.toml'; \
+	  echo "install: /etc/bwbpf/bwbpf.toml (edit it first: interface, line_rate, slices)"; fi; \
+	test -e "/lib/modules/$$(uname -r)/build" || \
+	  echo "install: warning: no kernel headers for bcc: make host, or apt-get install linux-headers-$$(uname -r)"; \
+	if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	echo "install: next: bwbpf check && systemctl enable --now bwbpf"
+
+uninstall: ## remove what install put; keeps /etc/bwbpf, /var/lib/bwbpf and the shaping
+	@set -e; \
+	if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ] && systemctl cat bwbpf.service >/dev/null 2>&1; then \
+	  systemctl disable --now bwbpf.service; fi; \
+	rm -f '$(DESTDIR)$(UNITDIR)/bwbpf.service'; \
+	link='$(DESTDIR)$(PREFIX)/bin/bwbpf'; \
+	if [ "$$(readlink "$$link")" = '$(INSTALL_VENV)/bin/bwbpf' ]; then rm -f "$$link"; fi; \
+	rm -rf '$(DESTDIR)$(PREFIX)/share/bwbpf'; \
+	if [ -f '$(DESTDIR)$(INSTALL_VENV)/pyvenv.cfg' ]; then rm -rf '$(DESTDIR)$(INSTALL_VENV)'; fi; \
+	if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	echo "uninstall: done; kept /etc/bwbpf and /var/lib/bwbpf. The HTB tree and classifier"; \
+	echo "uninstall: stay on the interface: run 'bwbpf down' before uninstalling to remove them"

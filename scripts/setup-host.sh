@@ -3,8 +3,9 @@
 # second run changes nothing and says so. Run as root (make setup does).
 set -eu
 
-# prometheus: for promtool, which checks the metrics and alert rules in the tests.
-PACKAGES="python3-bpfcc python3-venv bpftool iproute2 iperf3 kmod prometheus"
+# prometheus: promtool checks the metrics and alert rules; shellcheck and vagrant check
+# tests/systemd/check_service.sh and vagrant/Vagrantfile (`vagrant validate`).
+PACKAGES="python3-bpfcc python3-venv bpftool iproute2 iperf3 kmod prometheus shellcheck vagrant"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

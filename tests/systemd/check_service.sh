@@ -1,0 +1,258 @@
+#!/bin/bash
+# bwbpf.service under a real systemd: it starts and reports READY and STATUS, `systemctl
+# reload` applies a changed config (and refuses a broken one), a daemon killed with SIGKILL
+# is restarted and loses no usage, a hung daemon (SIGSTOP) is killed by the watchdog and
+# restarted, and `systemctl stop` ends it cleanly.
+#
+# Run as root where systemd is PID 1 and bwbpf was installed with `make install` (the VM
+# test does). It makes a veth pair bwsv<random> and sends UDP out of it; it replaces
+# /etc/bwbpf/bwbpf.toml for the duration and puts the original back, removes its device,
+# shaping, state files and drop-in, and leaves the service stopped as before.
+# Exit 0: every check passed. Exit 1: a line "check_service: FAIL: ..." says which did not.
+#
+# Environment: BWBPF (default /usr/local/bin/bwbpf), TIMEOUT (seconds to wait for any one
+# state, default 120: bcc compiles slowly in an emulated VM), WATCHDOG_TEST_SEC (the short
+# WatchdogSec for the hung-daemon check, default 10).
+set -euo pipefail
+
+UNIT=bwbpf.service
+CONFIG=/etc/bwbpf/bwbpf.toml
+BACKUP=$CONFIG.check-service-backup
+BWBPF=${BWBPF:-/usr/local/bin/bwbpf}
+TIMEOUT=${TIMEOUT:-120}
+WATCHDOG_TEST_SEC=${WATCHDOG_TEST_SEC:-10}
+DROPIN_DIR=/run/systemd/system/$UNIT.d
+DROPIN=$DROPIN_DIR/50-check-service-watchdog.conf
+SUFFIX=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+DEV=bwsv$SUFFIX
+PEER=bwsv${SUFFIX}p
+NET=10.251.$((0x${SUFFIX:0:2} % 250 + 1))
+DST=$NET.2
+TENANT_SRC=$NET.10
+ADDED_SRC=$NET.11
+PACKETS=100
+had_config=no
+was_enabled=no
+
+say() { echo "check_service: $*"; }
+
+fail() {
+    echo "check_service: FAIL: $*" >&2
+    journalctl -u "$UNIT" -n 40 --no-pager >&2 || true
+    exit 1
+}
+
+cleanup() {
+    set +e
+    systemctl stop "$UNIT" 2>/dev/null
+    if [ -e "$DROPIN" ]; then
+        rm -f "$DROPIN"
+        rmdir "$DROPIN_DIR" 2>/dev/null
+        systemctl daemon-reload
+    fi
+    [ -e "$CONFIG" ] && "$BWBPF" down -c "$CONFIG" >/dev/null 2>&1
+    ip link del "$DEV" 2>/dev/null
+    rm -f /var/lib/bwbpf/*"$DEV"*
+    if [ "$had_config" = yes ]; then mv -f "$BACKUP" "$CONFIG"; else rm -f "$CONFIG"; fi
+    [ "$was_enabled" = yes ] || systemctl disable "$UNIT" 2>/dev/null
+    systemctl reset-failed "$UNIT" 2>/dev/null
+}
+
+prop() { systemctl show -p "$1" --value "$UNIT"; }
+
+# wait_for DESCRIPTION COMMAND...: poll COMMAND until it succeeds, or fail after TIMEOUT.
+wait_for() {
+    local what=$1 deadline=$((SECONDS + TIMEOUT))
+    shift
+    until "$@"; do
+        [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${TIMEOUT}s waiting for: $what"
+        sleep 0.5
+    done
+}
+
+# stat_get KEY: from `bwbpf stat --json`: daemon_pid, or SLICE.period_start, or
+# SLICE.FIELD of the slice's normal class (bytes, counter_bytes); "missing" if absent.
+stat_get() {
+    "$BWBPF" stat --json -c "$CONFIG" | python3 -c '
+import json, sys
+doc, key = json.load(sys.stdin), sys.argv[1]
+if key == "daemon_pid":
+    print((doc.get("daemon") or {}).get("pid", 0))
+    sys.exit()
+name, field = key.split(".", 1)
+for s in doc["slices"]:
+    if s["name"] == name:
+        print(s[field] if field == "period_start" else s["classes"]["normal"][field])
+        break
+else:
+    print("missing")
+' "$1"
+}
+
+# send SRC: PACKETS UDP datagrams of 100 bytes from SRC out of DEV.
+send() {
+    python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+for _ in range(int(sys.argv[3])):
+    s.sendto(b"x" * 100, (sys.argv[2], 9))
+' "$1" "$DST" "$PACKETS"
+}
+
+is_active() { [ "$(prop ActiveState)" = active ] && [ "$(prop SubState)" = running ]; }
+
+# A new daemon is up: a MainPID other than $1, active, and its status file written.
+restarted_from() {
+    local pid
+    pid=$(prop MainPID)
+    [ "$pid" != 0 ] && [ "$pid" != "$1" ] && is_active && [ "$(stat_get daemon_pid)" = "$pid" ]
+}
+
+# The daemon has accounted everything the kernel counted for SLICE.
+settled() {
+    local used counted
+    used=$(stat_get "$1.bytes")
+    counted=$(stat_get "$1.counter_bytes")
+    [ "$used" != missing ] && [ "$used" -gt 0 ] && [ "$used" = "$counted" ]
+}
+
+write_config() {
+    cat >"$CONFIG" <<EOF
+# written by tests/systemd/check_service.sh
+[node]
+interface = "$DEV"
+tick = "1s"
+state_dir = "/var/lib/bwbpf"
+
+[[slice]]
+name = "tenant"
+id = 8
+match = { src = ["$TENANT_SRC/32"] }
+EOF
+}
+
+# -- preconditions ----------------------------------------------------------------------
+[ "$(id -u)" = 0 ] || fail "run as root"
+[ -d /run/systemd/system ] || fail "systemd is not PID 1 here"
+[ -x "$BWBPF" ] || fail "$BWBPF is missing: run make install"
+systemctl cat "$UNIT" >/dev/null 2>&1 || fail "$UNIT is not installed: run make install"
+command -v python3 >/dev/null || fail "python3 is missing"
+
+trap cleanup EXIT
+if [ -e "$CONFIG" ]; then
+    had_config=yes
+    cp -p "$CONFIG" "$BACKUP"
+fi
+if systemctl is-enabled -q "$UNIT" 2>/dev/null; then was_enabled=yes; fi
+
+ip link add "$DEV" type veth peer name "$PEER"
+ip link set "$DEV" up
+ip link set "$PEER" up
+for addr in "$NET.1" "$TENANT_SRC" "$ADDED_SRC"; do ip addr add "$addr/24" dev "$DEV"; done
+# A fixed neighbour: no ARP, so the only IPv4 packets from the tenant are ours.
+ip neigh replace "$DST" lladdr 02:00:00:00:00:02 dev "$DEV"
+write_config
+"$BWBPF" check -c "$CONFIG" >/dev/null || fail "bwbpf check rejects the test config"
+
+# -- 1. start: READY, STATUS, privileges --------------------------------------------------
+say "starting $UNIT on $DEV"
+systemctl reset-failed "$UNIT" 2>/dev/null || true
+systemctl enable "$UNIT" >/dev/null 2>&1
+systemctl restart "$UNIT" || fail "systemctl restart $UNIT failed"
+is_active || fail "not active after start: $(prop ActiveState)/$(prop SubState)"
+status=$(prop StatusText)
+case $status in
+    *" slices, "*" capped"*) ;;
+    *) fail "unexpected StatusText after READY: '$status'" ;;
+esac
+pid=$(prop MainPID)
+cap_eff=$(awk '/^CapEff:/ {print $2}' "/proc/$pid/status")
+# Only CAP_NET_ADMIN (bit 12) and CAP_SYS_ADMIN (bit 21).
+[ $((0x$cap_eff & ~0x201000)) = 0 ] || fail "daemon has capabilities beyond the unit's: $cap_eff"
+grep -q '^NoNewPrivs:[[:space:]]*1' "/proc/$pid/status" || fail "NoNewPrivileges not in force"
+say "ok: active, StatusText '$status', CapEff $cap_eff, pid $pid"
+
+# -- 2. accounting ------------------------------------------------------------------------
+send "$TENANT_SRC"
+wait_for "the daemon to account the tenant's first $PACKETS packets" settled tenant
+batch=$(stat_get tenant.bytes)
+say "ok: $PACKETS packets accounted as $batch bytes"
+
+# -- 3. reload: a new slice is applied; a broken config is refused ------------------------
+cat >>"$CONFIG" <<EOF
+
+[[slice]]
+name = "added"
+id = 42
+match = { src = ["$ADDED_SRC/32"] }
+EOF
+systemctl reload "$UNIT" || fail "systemctl reload failed"
+added_known() {
+    [ -n "$(tc class show dev "$DEV" classid 1:402a)" ] &&
+        [ "$(stat_get added.period_start)" != None ] &&
+        [ "$(stat_get added.period_start)" != missing ]
+}
+wait_for "the reloaded config's slice 'added' (HTB class 1:402a, a period in the ledger)" added_known
+[ "$(prop MainPID)" = "$pid" ] || fail "reload restarted the daemon instead of reloading it"
+say "ok: reload applied slice 'added' without a restart"
+
+good=$(cat "$CONFIG")
+echo 'tick = "never"' >>"$CONFIG"
+refused=yes
+systemctl reload "$UNIT" 2>/dev/null && refused=no
+printf '%s\n' "$good" >"$CONFIG"
+[ "$refused" = yes ] || fail "systemctl reload accepted a broken config"
+if ! is_active || [ "$(prop MainPID)" != "$pid" ]; then
+    fail "a refused reload disturbed the daemon"
+fi
+say "ok: a broken config is refused by reload; the daemon runs on"
+
+# -- 4. SIGKILL: restarted, nothing lost --------------------------------------------------
+restarts=$(prop NRestarts)
+kill -KILL "$pid"
+# Sent while no daemon runs: only the pinned counters see these.
+send "$TENANT_SRC"
+wait_for "systemd to restart the killed daemon" restarted_from "$pid"
+wait_for "the restarted daemon to account the packets" settled tenant
+used=$(stat_get tenant.bytes)
+[ "$used" = $((2 * batch)) ] || fail "usage after kill -9 is $used bytes, want $((2 * batch))"
+[ "$(prop NRestarts)" = $((restarts + 1)) ] || fail "NRestarts did not go up by one"
+pid=$(prop MainPID)
+say "ok: SIGKILL: restarted as pid $pid, usage $used bytes = 2 x $batch, none lost"
+
+# -- 5. watchdog: a hung daemon is killed and restarted -----------------------------------
+mkdir -p "$DROPIN_DIR"
+printf '[Service]\nWatchdogSec=%ss\n' "$WATCHDOG_TEST_SEC" >"$DROPIN"
+systemctl daemon-reload
+systemctl restart "$UNIT" || fail "restart with WatchdogSec=${WATCHDOG_TEST_SEC}s failed"
+[ "$(prop WatchdogUSec)" = "${WATCHDOG_TEST_SEC}s" ] ||
+    fail "the drop-in's WatchdogSec is not in force: $(prop WatchdogUSec)"
+pid=$(prop MainPID)
+since=$(date +%s)
+kill -STOP "$pid"
+say "stopped pid $pid; waiting for the ${WATCHDOG_TEST_SEC}s watchdog"
+saw_watchdog=no
+watchdog_restart() {
+    [ "$(prop Result)" = watchdog ] && saw_watchdog=yes
+    restarted_from "$pid"
+}
+wait_for "the watchdog to restart the hung daemon" watchdog_restart
+if [ "$saw_watchdog" = no ] &&
+    ! journalctl -u "$UNIT" --since "@$since" --no-pager | grep -q "result 'watchdog'"; then
+    fail "the daemon was restarted, but not by the watchdog"
+fi
+waited=$(($(date +%s) - since))
+wait_for "the daemon after the watchdog restart to account the packets" settled tenant
+[ "$(stat_get tenant.bytes)" = $((2 * batch)) ] || fail "usage changed across the watchdog restart"
+say "ok: watchdog killed the hung daemon after ~${waited}s and systemd restarted it"
+rm -f "$DROPIN"
+rmdir "$DROPIN_DIR" 2>/dev/null || true
+systemctl daemon-reload
+
+# -- 6. stop: SIGTERM saves the state and exits 0 -----------------------------------------
+systemctl stop "$UNIT"
+[ "$(prop Result)" = success ] || fail "stop: Result=$(prop Result), want success"
+[ "$(prop ExecMainStatus)" = 0 ] || fail "stop: exit status $(prop ExecMainStatus), want 0"
+say "ok: stopped cleanly (exit 0)"
+say "PASS"
