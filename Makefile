@@ -108,3 +108,12 @@ uninstall: ## remove what install put; keeps /etc/bwbpf, /var/lib/bwbpf and the 
 	if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
 	echo "uninstall: done; kept /etc/bwbpf and /var/lib/bwbpf. The HTB tree and classifier"; \
 	echo "uninstall: stay on the interface: run 'bwbpf down' before uninstalling to remove them"
+
+# make vm-test: vm/run.sh builds a Debian 12 image once (debootstrap, cached under
+# /var/cache/bwbpf-vm/<hash of its package lists>), boots Debian's own kernel in qemu (KVM if
+# a probe boot works, else TCG), shares this checkout read-only over 9p and returns the
+# guest's result. BWBPF_VM_ACCEL, BWBPF_VM_TIMEOUT and others: see vm/run.sh.
+.PHONY: vm-test
+
+vm-test: ## bpf + integration tiers and systemd checks on a stock Debian 12 kernel in qemu (root)
+	@bash vm/run.sh
