@@ -118,7 +118,8 @@ def test_service_type_reload_restart_watchdog() -> None:
         ("NoNewPrivileges", "yes"),
         ("PrivateTmp", "yes"),
         ("PrivateDevices", "yes"),
-        ("ProtectKernelTunables", "yes"),
+        # Off on purpose: with it, systemd 252 keeps /sys/fs/bpf read-only (make vm-test).
+        ("ProtectKernelTunables", "no"),
         ("ProtectControlGroups", "yes"),
         ("RestrictNamespaces", "yes"),
         ("RestrictSUIDSGID", "yes"),
