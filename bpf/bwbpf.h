@@ -71,12 +71,6 @@ struct bwbpf_lpm6 {
 	__u8 addr[16]; /* network byte order */
 };
 
-/* Key of the per-CPU cache of recent destinations in front of the exempt tries. */
-struct bwbpf_dst {
-	__u32 family; /* 4 or 6 */
-	__u8 addr[16]; /* IPv4 uses the first 4 bytes, the rest stay zero */
-};
-
 /* A slot of the per-CPU direct-mapped cache of destination classes in front of the exempt
  * tries. A slot is used by one CPU only; family 0 marks it empty. */
 struct bwbpf_dclass_slot {

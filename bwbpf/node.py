@@ -36,7 +36,8 @@ def up(cfg: Config, ceilings: Mapping[tuple[int, int], int] | None = None) -> Up
         changes = shaper.apply(specs, installed)
         _bpf, prog_fd, tables = datapath.load(cfg)
         datapath.attach(cfg, prog_fd)
-        removed = shaper.remove_others({s.handle for s in specs})
+        # The dump from before apply() serves: every class apply() added is one to keep.
+        removed = shaper.remove_others({s.handle for s in specs}, installed)
     for problem in tables.problems:
         log.warning("%s", problem)
     return UpReport(created, changes, removed, tables.problems)

@@ -9,7 +9,6 @@ quantum; rates of 2^32 bytes/s and more travel as TCA_HTB_RATE64/CEIL64 (pyroute
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -111,30 +110,51 @@ class Shaper:
             what = classid.format_handle(handle)
             raise Error(f"{self.ifname}: tc {command} {what}: {exc.args[-1]}") from None
 
-    def put_class(self, spec: ClassSpec) -> None:
-        """Create the class or change it to spec (NLM_F_CREATE | NLM_F_REPLACE)."""
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+    def _class_request(
+        self,
+        msg_type: int,
+        flags: int,
+        handle: int,
+        parent: int,
+        attrs: list[list[Any]],
+        doing: str,
+    ) -> None:
+        """One class request built by hand: pyroute2's tc("...-class") runs every request,
+        deletes included, through its HTB parameter code (legacy rate tables and all)."""
+        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
         from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.rtnl import RTM_NEWTCLASS
         from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
         msg = tcmsg()
         msg["index"] = self.ifindex
-        msg["handle"] = spec.handle
-        msg["parent"] = spec.parent
-        msg["attrs"] = [["TCA_KIND", "htb"], ["TCA_OPTIONS", _htb_options(spec)]]
+        msg["handle"] = handle
+        msg["parent"] = parent
+        msg["attrs"] = attrs
         # pyroute2 0.9.7's synchronous nlm_request reads a status key only its own callers
         # set; without it the request raises KeyError before being sent.
         self._ipr.status["nlm_generator"] = False
         try:
             self._ipr.nlm_request(
-                msg,
-                msg_type=RTM_NEWTCLASS,
-                msg_flags=NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                msg, msg_type=msg_type, msg_flags=NLM_F_REQUEST | NLM_F_ACK | flags
             )
         except NetlinkError as exc:
-            what = classid.format_handle(spec.handle)
-            raise Error(f"{self.ifname}: cannot set HTB class {what}: {exc.args[-1]}") from None
+            what = classid.format_handle(handle)
+            raise Error(f"{self.ifname}: cannot {doing} HTB class {what}: {exc.args[-1]}") from None
+
+    def put_class(self, spec: ClassSpec) -> None:
+        """Create the class or change it to spec (NLM_F_CREATE | NLM_F_REPLACE)."""
+        from pyroute2.netlink import NLM_F_CREATE, NLM_F_REPLACE
+        from pyroute2.netlink.rtnl import RTM_NEWTCLASS
+
+        attrs = [["TCA_KIND", "htb"], ["TCA_OPTIONS", _htb_options(spec)]]
+        self._class_request(
+            RTM_NEWTCLASS, NLM_F_CREATE | NLM_F_REPLACE, spec.handle, spec.parent, attrs, "set"
+        )
+
+    def del_class(self, handle: int, parent: int) -> None:
+        from pyroute2.netlink.rtnl import RTM_DELTCLASS
+
+        self._class_request(RTM_DELTCLASS, 0, handle, parent, [["TCA_KIND", "htb"]], "delete")
 
     def root_is_ours(self) -> bool:
         """Whether the root qdisc is HTB with bwbpf's handle."""
@@ -207,7 +227,7 @@ class Shaper:
         depth = {h: _depth(h, installed) for h in stale}
         stale.sort(key=lambda h: -depth[h])
         for h in stale:
-            self._tc("del-class", "htb", h, parent=installed[h].parent)
+            self.del_class(h, installed[h].parent)
             log.info(
                 "%s: removed class %s, which belongs to no configured slice",
                 self.ifname,
@@ -230,11 +250,3 @@ def _depth(handle: int, installed: dict[int, InstalledClass]) -> int:
         handle = installed[handle].parent
         d += 1
     return d
-
-
-def interface_exists(ifname: str) -> bool:
-    try:
-        socket.if_nametoindex(ifname)
-        return True
-    except OSError:
-        return False

@@ -108,3 +108,17 @@ def test_rates_above_34_gbit(topo: tuple[Topology, Path]) -> None:
     assert (exempt.rate_bps, exempt.ceil_bps) == (20 * 10**9, 75_500_000_000)
     # A second `up` sees nothing to change: the 64-bit values read back equal.
     assert "0 class changes" in t.bwbpf("up", "-c", str(cfg)).stdout
+
+
+def test_up_removes_classes_of_slices_that_left(topo: tuple[Topology, Path]) -> None:
+    t, cfg = topo
+    t.bwbpf("up", "-c", str(cfg))
+    text = cfg.read_text()
+    cfg.write_text(text[: text.index("[[slice]]")])  # the "marked" slice leaves the config
+    out = t.bwbpf("up", "-c", str(cfg), check=False)
+    assert "2 removed" in out.stdout, out.stderr
+    with Shaper(t.veth_a, netns=t.src_ns) as shaper:
+        classes = shaper.classes()
+    assert classid.slice_class(3, limits.DCLASS_NORMAL) not in classes
+    assert classid.slice_class(3, limits.DCLASS_EXEMPT) not in classes
+    assert classid.slice_class(0, limits.DCLASS_NORMAL) in classes
