@@ -9,7 +9,9 @@ test failed half-way. Traffic only ever goes between these two namespaces.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +37,7 @@ class Topology:
     veth_b: str = field(default_factory=lambda: unique("bwtB"))
     octet: int = field(default_factory=lambda: random.randint(1, 254))
     made: list[str] = field(default_factory=list)
+    daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def src_ip(self) -> str:
@@ -153,7 +156,22 @@ class Topology:
                     "permanent",
                 )
 
+    def run_daemon(
+        self, config: Path, *args: str, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`bwbpf run` in the source namespace; teardown stops it (by its pid) if still up."""
+        err = log.open("wb") if log else subprocess.DEVNULL
+        daemon = subprocess.Popen(
+            self.in_src(BWBPF, "-v", "run", "-c", str(config), *args), stderr=err
+        )
+        self.daemons.append(daemon)
+        return daemon
+
     def teardown(self) -> None:
+        for daemon in self.daemons:
+            if daemon.poll() is None:
+                os.kill(daemon.pid, signal.SIGTERM)
+                daemon.wait(timeout=15)
         if "src" in self.made:
             sh("ip", "netns", "del", self.src_ns, check=False)
         if "dst" in self.made:

@@ -3,9 +3,6 @@ throughput follows it, and when the period ends the max rate comes back."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +13,7 @@ import pytest
 from bwbpf import classid, limits
 from bwbpf.shaper import Shaper
 from tests.conftest import require_root
-from tests.integration.netns import BWBPF, Topology
+from tests.integration.netns import Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -38,7 +35,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
 def running(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
     require_root()
     topo = Topology()
-    daemon: subprocess.Popen[bytes] | None = None
     cfg = tmp_path / "bwbpf.toml"
     try:
         topo.setup()
@@ -55,13 +51,9 @@ id = {SLICE_ID}
 match = {{ src = ["{topo.limited_src_ip}/32"] }}
 normal = {{ limit = "2MB", threshold = 0.5, max_rate = "100mbit" }}
 """)
-        log = (tmp_path / "daemon.log").open("wb")
-        daemon = subprocess.Popen(topo.in_src(BWBPF, "-v", "run", "-c", str(cfg)), stderr=log)
+        topo.run_daemon(cfg, log=tmp_path / "daemon.log")
         yield topo, cfg
     finally:
-        if daemon is not None and daemon.poll() is None:
-            os.kill(daemon.pid, signal.SIGTERM)
-            daemon.wait(timeout=15)
         topo.bwbpf("down", "-c", str(cfg), check=False)
         topo.teardown()
 

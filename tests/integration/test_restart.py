@@ -14,7 +14,7 @@ import pytest
 from bwbpf import classid, limits
 from bwbpf.shaper import Shaper
 from tests.conftest import require_root
-from tests.integration.netns import BWBPF, Topology
+from tests.integration.netns import Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -23,11 +23,10 @@ WIRE = 1000  # bytes on the wire of each 958-byte datagram
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[tuple[Topology, Path, list[subprocess.Popen[bytes]]]]:
+def node(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
     require_root()
     topo = Topology()
     cfg = tmp_path / "bwbpf.toml"
-    daemons: list[subprocess.Popen[bytes]] = []
     try:
         topo.setup()
         cfg.write_text(f"""
@@ -43,12 +42,8 @@ id = {SLICE_ID}
 match = {{ src = ["{topo.limited_src_ip}/32"] }}
 normal = {{ limit = "100kB", threshold = 0.5, max_rate = "100mbit" }}
 """)
-        yield topo, cfg, daemons
+        yield topo, cfg
     finally:
-        for d in daemons:
-            if d.poll() is None:
-                os.kill(d.pid, signal.SIGTERM)
-                d.wait(timeout=15)
         topo.bwbpf("down", "-c", str(cfg), check=False)
         topo.teardown()
 
@@ -66,14 +61,6 @@ def wait_usage(topo: Topology, cfg: Path, expected: int) -> None:
         time.sleep(0.3)
 
 
-def start(topo: Topology, cfg: Path, daemons: list, *extra: str) -> subprocess.Popen[bytes]:
-    d = subprocess.Popen(
-        topo.in_src(BWBPF, "run", "-c", str(cfg), *extra), stderr=subprocess.DEVNULL
-    )
-    daemons.append(d)
-    return d
-
-
 def stop(d: subprocess.Popen[bytes]) -> None:
     os.kill(d.pid, signal.SIGTERM)
     assert d.wait(timeout=15) == 0
@@ -82,8 +69,8 @@ def stop(d: subprocess.Popen[bytes]) -> None:
 def test_recreated_counters_count_from_zero(node: tuple) -> None:
     """`bwbpf down` and `up` while the daemon is stopped make new maps; by the time the
     daemon is back they have counted past its last reading. Nothing may be lost."""
-    topo, cfg, daemons = node
-    d = start(topo, cfg, daemons)
+    topo, cfg = node
+    d = topo.run_daemon(cfg)
     time.sleep(2)
     topo.send(topo.dst_ip, 30, WIRE - 42, src=topo.limited_src_ip)
     time.sleep(2.5)  # a tick after the traffic, so the daemon's ledger has read it
@@ -92,15 +79,15 @@ def test_recreated_counters_count_from_zero(node: tuple) -> None:
     topo.bwbpf("down", "-c", str(cfg))
     topo.bwbpf("up", "-c", str(cfg))
     topo.send(topo.dst_ip, 41, WIRE - 42, src=topo.limited_src_ip)  # past 30,000 already
-    start(topo, cfg, daemons)
+    topo.run_daemon(cfg)
     wait_usage(topo, cfg, 71 * WIRE)
 
 
 def test_dry_run_decides_but_changes_nothing(node: tuple) -> None:
-    topo, cfg, daemons = node
+    topo, cfg = node
     topo.bwbpf("up", "-c", str(cfg))
     topo.send(topo.dst_ip, 70, WIRE - 42, src=topo.limited_src_ip)  # past the 50 kB threshold
-    d = start(topo, cfg, daemons, "--dry-run")
+    d = topo.run_daemon(cfg, "--dry-run")
     deadline = time.monotonic() + 10
     while not usage(topo, cfg)[1]:
         assert time.monotonic() < deadline, "the dry run never decided to cap"
