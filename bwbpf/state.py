@@ -46,7 +46,7 @@ def save_state(path: str, interface: str, ledger: Ledger, now: float | None = No
     except ValueError as exc:  # a NaN or infinite time slipped into the ledger
         raise Error(f"cannot write state file {path}: {exc}") from exc
     try:
-        _write_atomic(path, data.encode())
+        write_atomic(path, data.encode())
     except OSError as exc:
         raise Error(f"cannot write state file {path}: {exc.strerror or exc}") from exc
 
@@ -122,7 +122,7 @@ def _set_aside(path: str, why: str, now: float | None) -> str:
     return f"state file {path} unusable ({why}); moved to {aside}, starting with an empty ledger"
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Same directory as the target: rename(2) is atomic only within one filesystem.

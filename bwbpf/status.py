@@ -82,7 +82,7 @@ def write(
     Raises ``bwbpf.Error`` with one line if it cannot.
     """
     # One atomic writer for every file the daemon keeps (temp file, fsync, rename).
-    from bwbpf.state import _write_atomic
+    from bwbpf.state import write_atomic
 
     doc = {
         "version": VERSION,
@@ -96,6 +96,6 @@ def write(
     }
     path = path_for(cfg)
     try:
-        _write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
     except OSError as exc:
         raise Error(f"cannot write status file {path}: {exc.strerror or exc}") from exc
