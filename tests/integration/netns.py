@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bwbpf import datapath
+from bwbpf import classid, config, datapath, limits, status
+from bwbpf.shaper import Shaper
 from tests.conftest import unique
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ class Topology:
     veth_b: str = field(default_factory=lambda: unique("bwtB"))
     octet: int = field(default_factory=lambda: random.randint(1, 254))
     made: list[str] = field(default_factory=list)
-    daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def src_ip(self) -> str:
@@ -156,22 +157,29 @@ class Topology:
                     "permanent",
                 )
 
+    def background(self, cmd: list[str], log: Path | None = None) -> subprocess.Popen[bytes]:
+        """A process in the source namespace (stdout and stderr to log); teardown stops it
+        by its pid if it is still running."""
+        out = log.open("wb") if log else subprocess.DEVNULL
+        proc = subprocess.Popen(self.in_src(*cmd), stdout=out, stderr=out)
+        self.processes.append(proc)
+        return proc
+
     def run_daemon(
         self, config: Path, *args: str, log: Path | None = None
     ) -> subprocess.Popen[bytes]:
-        """`bwbpf run` in the source namespace; teardown stops it (by its pid) if still up."""
-        err = log.open("wb") if log else subprocess.DEVNULL
-        daemon = subprocess.Popen(
-            self.in_src(BWBPF, "-v", "run", "-c", str(config), *args), stderr=err
-        )
-        self.daemons.append(daemon)
-        return daemon
+        """`bwbpf run` in the source namespace, stopped by teardown."""
+        return self.background([BWBPF, "-v", "run", "-c", str(config), *args], log=log)
 
     def teardown(self) -> None:
-        for daemon in self.daemons:
-            if daemon.poll() is None:
-                os.kill(daemon.pid, signal.SIGTERM)
-                daemon.wait(timeout=15)
+        for proc in self.processes:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
         if "src" in self.made:
             sh("ip", "netns", "del", self.src_ns, check=False)
         if "dst" in self.made:
@@ -184,6 +192,38 @@ class Topology:
 
     def stat(self, config: Path) -> dict:
         return json.loads(self.bwbpf("stat", "--json", "-c", str(config)).stdout)
+
+    def htb_ceil(self, slice_id: int, dclass: int = limits.DCLASS_NORMAL) -> int:
+        with Shaper(self.veth_a, netns=self.src_ns) as shaper:
+            return shaper.classes()[classid.slice_class(slice_id, dclass)].ceil_bps
+
+    def tick_in_force(
+        self, cfg_path: Path, slice_name: str, dclass: int = limits.DCLASS_NORMAL
+    ) -> tuple[dict, int]:
+        """(The daemon's status file of one tick, the ceiling HTB holds for one class of
+        one slice) read with no tick in between, so the two can be compared exactly.
+
+        The ceiling moves at every tick, and on a slow machine (software emulation) more
+        than one tick can pass between two reads. A tick shapes before it publishes its
+        status, so HTB read between two reads of the same status holds that tick's ceiling
+        unless the next tick has just shaped: then read again, for up to 20 s. After that
+        the last pair is returned as it is, for the test's assertion to show.
+        """
+        cfg = config.load(cfg_path, check_interface=False)
+        slice_id = next(s.id for s in cfg.all_slices() if s.name == slice_name)
+        name = limits.DCLASSES[dclass]
+        deadline = time.monotonic() + 20
+        while True:
+            before = status.read(cfg)
+            ceil = self.htb_ceil(slice_id, dclass)
+            after = status.read(cfg)
+            assert after is not None, f"no status file from the daemon for {cfg.interface}"
+            doc = {"last_tick": after.last_tick, "slices": after.slices}
+            decided = after.slices[slice_name]["classes"][name]["ceil_bps"]
+            same_tick = before is not None and before.last_tick == after.last_tick
+            if (same_tick and ceil == decided) or time.monotonic() > deadline:
+                return doc, ceil
+            time.sleep(0.1)
 
     def iperf3(
         self, src: str, seconds: int, udp_rate: str | None = None, port: int = 5201

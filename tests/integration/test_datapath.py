@@ -25,7 +25,9 @@ UDP6_OVERHEAD = 62
 LIMITED_RATE = 20_000_000
 
 
-def write_config(path: Path, topo: Topology, cgroup: Path) -> Path:
+def write_config(
+    path: Path, topo: Topology, cgroup: Path, limited_rate: int = LIMITED_RATE
+) -> Path:
     path.write_text(f"""
 [node]
 interface = "{topo.veth_a}"
@@ -60,7 +62,7 @@ match = {{ src = ["{topo.alt_src_ip}/32"] }}
 name = "limited"
 id = {LIMITED}
 match = {{ src = ["{topo.limited_src_ip}/32"] }}
-normal = {{ max_rate = "20mbit" }}
+normal = {{ max_rate = "{limited_rate}bit" }}
 """)
     return path
 
@@ -157,8 +159,20 @@ def test_each_flow_is_counted_to_its_slice_and_class(env: tuple[Topology, Path, 
 
 
 def test_ceiling_is_enforced(env: tuple[Topology, Path, Path]) -> None:
-    """A TCP flow of the "limited" slice runs at its 20 Mbit/s ceiling (±10 %) although the
-    veth could carry gigabits."""
-    topo, _, _ = env
-    received = topo.iperf3(topo.limited_src_ip, seconds=5)
-    assert abs(received - LIMITED_RATE) <= 0.1 * LIMITED_RATE, received
+    """A TCP flow of the "limited" slice runs at its ceiling (±10 %) although the veth could
+    carry several times more."""
+    topo, cfg, cgroup = env
+    # The ceiling must be well below what this machine pushes through the veth, HTB and the
+    # classifier, or the test measures the machine: 20 Mbit/s is, on hardware; under software
+    # emulation (make vm-test) the link may carry little more, so take a quarter of it there.
+    capacity = topo.iperf3(topo.src_ip, seconds=2)
+    rate = min(LIMITED_RATE, int(capacity / 4) // 1_000_000 * 1_000_000)
+    assert rate >= 1_000_000, f"the unshaped link carries only {capacity:.0f} bit/s"
+    if rate != LIMITED_RATE:
+        topo.bwbpf("up", "-c", str(write_config(cfg, topo, cgroup, rate)))
+    try:
+        received = topo.iperf3(topo.limited_src_ip, seconds=5)
+        assert abs(received - rate) <= 0.1 * rate, (received, rate, capacity)
+    finally:
+        if rate != LIMITED_RATE:
+            topo.bwbpf("up", "-c", str(write_config(cfg, topo, cgroup)))

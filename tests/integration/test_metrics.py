@@ -3,9 +3,9 @@ a textfile; after known traffic both show the slice's byte counter to the byte."
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bwbpf import __version__
 from tests.conftest import require_root
-from tests.integration.netns import BWBPF, Topology, sh
+from tests.integration.netns import REPO, Topology, sh
 from tests.integration.test_daemon import UDP4_OVERHEAD, stop, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -26,9 +27,10 @@ SLICE, SLICE_ID = "metered", 11
 # Primes, so that no other count of packets or bytes can match by accident.
 COUNT, SIZE = 101, 997
 SENT_BYTES = COUNT * (SIZE + UDP4_OVERHEAD)
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 
 
-def write_config(path: Path, topo: Topology, port: int, textfile: Path) -> Path:
+def write_config(path: Path, topo: Topology, port: int, textfile: Path, limit: str = "1GB") -> Path:
     path.write_text(f"""
 [node]
 interface = "{topo.veth_a}"
@@ -45,7 +47,7 @@ textfile = "{textfile}"
 name = "{SLICE}"
 id = {SLICE_ID}
 match = {{ src = ["{topo.limited_src_ip}/32"] }}
-normal = {{ limit = "1GB", max_rate = "100mbit" }}
+normal = {{ limit = "{limit}", threshold = 0.5, max_rate = "100mbit" }}
 """)
     return path
 
@@ -59,34 +61,33 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 
 class Env:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, limit: str = "1GB") -> None:
         self.topo = Topology()
         self.tmp = tmp
         # A fresh namespace: any port is free in it.
         self.port = random.randint(20000, 60000)
         self.textfile = tmp / "textfile" / "bwbpf.prom"
-        self.config = write_config(tmp / "bwbpf.toml", self.topo, self.port, self.textfile)
+        self.config = write_config(tmp / "bwbpf.toml", self.topo, self.port, self.textfile, limit)
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
 
     def start_daemon(self) -> None:
         self.textfile.parent.mkdir()
-        with open(self.log, "wb") as log:
-            self.daemon = subprocess.Popen(
-                self.topo.in_src(BWBPF, "-v", "run", "-c", str(self.config)),
-                stdout=log,
-                stderr=log,
-            )
+        self.daemon = self.topo.run_daemon(self.config, log=self.log)
 
-    def scrape(self) -> str | None:
-        """GET /metrics from inside the daemon's namespace (its 127.0.0.1)."""
-        assert self.daemon is not None and self.daemon.poll() is None, self.log.read_text()
+    def get(self, url: str) -> str | None:
+        """The body of an HTTP GET from inside the daemon's namespace (its 127.0.0.1)."""
         code = (
             "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
-            f"'http://127.0.0.1:{self.port}/metrics', timeout=5).read().decode())"
+            f"{url!r}, timeout=5).read().decode())"
         )
         result = sh(*self.topo.in_src(sys.executable, "-c", code), check=False, timeout=15)
         return result.stdout if result.returncode == 0 else None
+
+    def scrape(self) -> str | None:
+        """GET /metrics from the daemon."""
+        assert self.daemon is not None and self.daemon.poll() is None, self.log.read_text()
+        return self.get(f"http://127.0.0.1:{self.port}/metrics")
 
     def read_textfile(self) -> str | None:
         try:
@@ -95,7 +96,6 @@ class Env:
             return None
 
     def cleanup(self) -> None:
-        stop(self.daemon, signal.SIGTERM)
         self.topo.teardown()
 
 
@@ -169,3 +169,92 @@ def test_scrape_and_textfile_count_every_byte(env: Env) -> None:
     assert stop(env.daemon) == 0, env.log.read_text()
     code = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{env.port}/')"
     assert sh(*env.topo.in_src(sys.executable, "-c", code), check=False).returncode != 0
+
+
+def prometheus_config(tmp: Path, target: str) -> Path:
+    """The shipped scrape.yml with the shipped alerts.yml, its fleet job pointed at one test
+    node through a file_sd targets file, as an inventory would write it. Only the intervals
+    are shortened, so that the test waits for the alert's own `for` and little more."""
+    doc = yaml.safe_load((PROMETHEUS_DIR / "scrape.yml").read_text())
+    doc["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    doc["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
+    # Only the fleet job: the static one lists example hosts, unreachable from here.
+    fleet = next(job for job in doc["scrape_configs"] if job["job_name"] == "bwbpf-fleet")
+    targets = tmp / "targets"
+    targets.mkdir()
+    (targets / "test-site.yml").write_text(
+        yaml.safe_dump([{"targets": [target], "labels": {"site": "test-site"}}])
+    )
+    fleet["file_sd_configs"][0]["files"] = [str(targets / "*.yml")]
+    doc["scrape_configs"] = [fleet]
+    path = tmp / "prometheus.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def firing(env: Env, api: str, alertname: str) -> list[dict]:
+    body = env.get(f"{api}/api/v1/alerts")
+    if body is None:
+        return []
+    alerts = json.loads(body)["data"]["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == alertname and a["state"] == "firing"]
+
+
+@pytest.fixture
+def capped_env(tmp_path: Path) -> Iterator[Env]:
+    require_root()
+    for tool in ("nsenter", "prometheus"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (make setup installs it)")
+    # A 150 kB limit: its 75 kB threshold is below the 105 kB the test sends.
+    e = Env(tmp_path, limit="150kB")
+    try:
+        e.topo.setup()
+        yield e
+    finally:
+        e.cleanup()
+
+
+def test_prometheus_alerts_when_a_slice_is_capped(capped_env: Env, tmp_path: Path) -> None:
+    """A real Prometheus with the shipped scrape config and alert rules scrapes a daemon whose
+    slice passes its threshold: BwbpfSliceCapped fires for that slice, and nothing else."""
+    env = capped_env
+    env.start_daemon()
+    started = time.time()
+    wait_for("the first scrape", lambda: tick_after(env.scrape(), env.topo.veth_a, started - 5))
+    api_port = env.port + 1
+    api = f"http://127.0.0.1:{api_port}"
+    config = prometheus_config(tmp_path, f"127.0.0.1:{env.port}")
+    check = sh("promtool", "check", "config", str(config), check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    prom_log = tmp_path / "prometheus.log"
+    env.topo.background(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{api_port}",
+        ],
+        log=prom_log,
+    )
+
+    # 101 × 1039 bytes = 104,939: past the 75 kB threshold of the 150 kB limit.
+    env.topo.send(env.topo.dst_ip, COUNT, SIZE, src=env.topo.limited_src_ip)
+    # Pending for the rule's `for: 1m` after the first scrape that shows the cap, then firing.
+    alerts = wait_for(
+        "BwbpfSliceCapped to fire",
+        lambda: firing(env, api, "BwbpfSliceCapped"),
+        timeout=150,
+    )
+    assert [a["labels"]["slice"] for a in alerts] == [SLICE], alerts
+    labels = alerts[0]["labels"]
+    assert labels["dclass"] == "normal"
+    assert labels["severity"] == "info"
+    assert labels["instance"] == "127.0.0.1"  # the relabelling drops the port
+    assert labels["job"] == "bwbpf-fleet" and labels["site"] == "test-site"
+    assert f"Slice {SLICE} is capped on 127.0.0.1" == alerts[0]["annotations"]["summary"]
+    # A healthy daemon raises nothing else.
+    body = env.get(f"{api}/api/v1/alerts")
+    assert body is not None
+    others = [a["labels"]["alertname"] for a in json.loads(body)["data"]["alerts"]]
+    assert set(others) == {"BwbpfSliceCapped"}, (others, prom_log.read_text()[-2000:])

@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 
-from bwbpf import classid, limits
-from bwbpf.shaper import Shaper
 from tests.conftest import require_root
 from tests.integration.netns import Topology
 
@@ -71,28 +69,25 @@ def first_tick(topo: Topology, cfg: Path) -> bool:
     return bool(metered(topo, cfg)["period_end"])
 
 
-def htb_ceil(topo: Topology) -> int:
-    with Shaper(topo.veth_a, netns=topo.src_ns) as shaper:
-        return shaper.classes()[classid.slice_class(SLICE_ID, limits.DCLASS_NORMAL)].ceil_bps
-
-
 def test_period_with_real_traffic(running: tuple[Topology, Path]) -> None:
     topo, cfg = running
     wait_for("the daemon's first tick", lambda: first_tick(topo, cfg), 15)
     # 1.2 MB on the wire: past the 1 MB threshold, short of the 2 MB limit.
     topo.send(topo.dst_ip, 1200, 958, src=topo.limited_src_ip)
-    capped = wait_for("the cap", lambda: (m := metered(topo, cfg))["capped"] and m, 5)
-    assert capped["bytes"] >= 1_200_000
-    # Smooth: what is left over the time that is left (the daemon decided at its tick).
-    left_s = capped["period_end"] - time.time()
-    predicted = (2_000_000 - capped["bytes"]) * 8 / left_s
-    assert abs(capped["ceil_bps"] - predicted) <= 0.1 * predicted
-    assert htb_ceil(topo) == capped["ceil_bps"]
+    wait_for("the cap", lambda: metered(topo, cfg)["capped"], 5)
+    # Smooth: what is left over the time that is left, as of the tick that decided it.
+    tick, ceil = topo.tick_in_force(cfg, "metered")
+    entry = tick["slices"]["metered"]
+    decided = entry["classes"]["normal"]
+    assert decided["capped"] and decided["bytes"] >= 1_200_000
+    predicted = (2_000_000 - decided["bytes"]) * 8 / (entry["period_end"] - tick["last_tick"])
+    assert decided["ceil_bps"] == pytest.approx(predicted, rel=0.01)
+    assert ceil == decided["ceil_bps"]
 
     # UDP offered at several times the ceiling: what arrives is what HTB lets through.
-    ceil_before = metered(topo, cfg)["ceil_bps"]
+    ceil_before = topo.htb_ceil(SLICE_ID)
     received = topo.iperf3(topo.limited_src_ip, seconds=4, udp_rate="3M")
-    ceil_after = metered(topo, cfg)["ceil_bps"]
+    ceil_after = topo.htb_ceil(SLICE_ID)
     expected = (ceil_before + ceil_after) / 2
     assert abs(received - expected) <= 0.1 * expected, (received, ceil_before, ceil_after)
 
@@ -104,5 +99,6 @@ def test_period_with_real_traffic(running: tuple[Topology, Path]) -> None:
     after = metered(topo, cfg)
     assert after["period_end"] >= period_end + PERIOD_S - 1
     assert after["bytes"] < 100_000
-    assert after["ceil_bps"] == MAX_RATE
-    assert htb_ceil(topo) == MAX_RATE
+    tick, ceil = topo.tick_in_force(cfg, "metered")
+    assert tick["slices"]["metered"]["classes"]["normal"]["ceil_bps"] == MAX_RATE
+    assert ceil == MAX_RATE
