@@ -69,7 +69,7 @@ UNITDIR      ?= $(PREFIX)/lib/systemd/system
 INSTALL_PIP_ARGS ?=
 .PHONY: install uninstall
 
-install: ## install: venv in /opt/bwbpf, bin, BPF sources, systemd unit, /etc/bwbpf (root)
+install: ## install: venv in /opt/bwbpf, bin, BPF sources, unit, Prometheus examples, /etc/bwbpf
 	@set -e; venv='$(DESTDIR)$(INSTALL_VENV)'; src=$$(mktemp -d); trap 'rm -rf "$$src"' EXIT; \
 	cp -r pyproject.toml README.md bwbpf "$$src/"; \
 	test -x "$$venv/bin/python" || $(PYTHON) -m venv --system-site-packages "$$venv"; \
@@ -83,10 +83,14 @@ install: ## install: venv in /opt/bwbpf, bin, BPF sources, systemd unit, /etc/bw
 	install -d '$(DESTDIR)$(PREFIX)/bin' '$(DESTDIR)$(PREFIX)/share/bwbpf/bpf' '$(DESTDIR)$(UNITDIR)'; \
 	ln -sfn '$(INSTALL_VENV)/bin/bwbpf' '$(DESTDIR)$(PREFIX)/bin/bwbpf'; \
 	install -m 644 bpf/*.c bpf/*.h '$(DESTDIR)$(PREFIX)/share/bwbpf/bpf/'; \
+	install -d '$(DESTDIR)$(PREFIX)/share/bwbpf/prometheus/targets'; \
+	install -m 644 deploy/prometheus/*.yml deploy/prometheus/*.json \
+	  '$(DESTDIR)$(PREFIX)/share/bwbpf/prometheus/'; \
+	install -m 644 deploy/prometheus/targets/*.yml '$(DESTDIR)$(PREFIX)/share/bwbpf/prometheus/targets/'; \
 	sed 's|/usr/local/bin/bwbpf|$(PREFIX)/bin/bwbpf|g' deploy/systemd/bwbpf.service \
 	  > '$(DESTDIR)$(UNITDIR)/bwbpf.service'; \
 	chmod 644 '$(DESTDIR)$(UNITDIR)/bwbpf.service'; \
-	echo "install: $(PREFIX)/bin/bwbpf, $(PREFIX)/share/bwbpf/bpf, $(UNITDIR)/bwbpf.service"; \
+	echo "install: $(PREFIX)/bin/bwbpf, $(PREFIX)/share/bwbpf/{bpf,prometheus}, $(UNITDIR)/bwbpf.service"; \
 	install -d -m 755 '$(DESTDIR)/etc/bwbpf' '$(DESTDIR)/var/lib/bwbpf'; \
 	if [ -e '$(DESTDIR)/etc/bwbpf/bwbpf.toml' ]; then echo "install: kept /etc/bwbpf/bwbpf.toml"; \
 	else install -m 644 deploy/bwbpf.toml '$(DESTDIR)/etc/bwbpf/bwbpf.toml'; \

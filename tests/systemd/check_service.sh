@@ -2,17 +2,21 @@
 # bwbpf.service under a real systemd: it starts and reports READY and STATUS, `systemctl
 # reload` applies a changed config (and refuses a broken one), a daemon killed with SIGKILL
 # is restarted and loses no usage, a hung daemon (SIGSTOP) is killed by the watchdog and
-# restarted, and `systemctl stop` ends it cleanly.
+# restarted, its metrics are served and written to node_exporter's textfile directory, a
+# Prometheus with the installed alert rules raises BwbpfSliceCapped for its capped slice,
+# and `systemctl stop` ends it cleanly.
 #
 # Run as root where systemd is PID 1 and bwbpf was installed with `make install` (the VM
 # test does). It makes a veth pair bwsv<random> and sends UDP out of it; it replaces
 # /etc/bwbpf/bwbpf.toml for the duration and puts the original back, removes its device,
-# shaping, state files and drop-in, and leaves the service stopped as before.
+# shaping, state files, drop-in, metrics textfile and Prometheus (its own, on a random
+# loopback port), and leaves the service stopped as before.
 # Exit 0: every check passed. Exit 1: a line "check_service: FAIL: ..." says which did not.
 #
 # Environment: BWBPF (default /usr/local/bin/bwbpf), TIMEOUT (seconds to wait for any one
 # state, default 120: bcc compiles slowly in an emulated VM), WATCHDOG_TEST_SEC (the short
-# WatchdogSec for the hung-daemon check, default 10).
+# WatchdogSec for the hung-daemon check, default 10), ALERTS (the installed alert rules,
+# default /usr/local/share/bwbpf/prometheus/alerts.yml).
 set -euo pipefail
 
 UNIT=bwbpf.service
@@ -31,8 +35,16 @@ DST=$NET.2
 TENANT_SRC=$NET.10
 ADDED_SRC=$NET.11
 PACKETS=100
+ALERTS=${ALERTS:-/usr/local/share/bwbpf/prometheus/alerts.yml}
+METRICS_PORT=$((20000 + 0x${SUFFIX:2:4} % 20000))
+PROM_PORT=$((METRICS_PORT + 1))
+TEXTFILE_DIR=/var/lib/node_exporter/textfile_collector
+TEXTFILE=$TEXTFILE_DIR/bwbpf-$DEV.prom
+PROM_DIR=$(mktemp -d /tmp/check-service-prometheus.XXXXXX)
 had_config=no
 was_enabled=no
+made_textfile_dir=no
+prom_pid=
 
 say() { echo "check_service: $*"; }
 
@@ -44,7 +56,14 @@ fail() {
 
 cleanup() {
     set +e
+    if [ -n "$prom_pid" ]; then
+        kill "$prom_pid" 2>/dev/null
+        wait "$prom_pid" 2>/dev/null
+    fi
+    rm -rf "$PROM_DIR"
     systemctl stop "$UNIT" 2>/dev/null
+    rm -f "$TEXTFILE"
+    [ "$made_textfile_dir" = yes ] && rmdir "$TEXTFILE_DIR" /var/lib/node_exporter 2>/dev/null
     if [ -e "$DROPIN" ]; then
         rm -f "$DROPIN"
         rmdir "$DROPIN_DIR" 2>/dev/null
@@ -125,11 +144,35 @@ interface = "$DEV"
 tick = "1s"
 state_dir = "/var/lib/bwbpf"
 
+[metrics]
+listen = "127.0.0.1:$METRICS_PORT"
+textfile = "$TEXTFILE"
+
+# Capped by the first $PACKETS packets (14,200 bytes, past the 10 kB threshold).
 [[slice]]
 name = "tenant"
 id = 8
 match = { src = ["$TENANT_SRC/32"] }
+normal = { limit = "20kB", threshold = 0.5 }
 EOF
+}
+
+# metric NAME: the tenant's normal-class sample of NAME from stdin (exposition text).
+metric() {
+    awk -v m="$1" '$1 ~ "^"m"[{]" && /slice="tenant"/ && /dclass="normal"/ {print $2}'
+}
+
+scraped() { curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics"; }
+
+# Prometheus (ours) lists BwbpfSliceCapped for the tenant as firing.
+alert_firing() {
+    curl -fsS "http://127.0.0.1:$PROM_PORT/api/v1/alerts" 2>/dev/null | python3 -c '
+import json, sys
+alerts = json.load(sys.stdin)["data"]["alerts"]
+sys.exit(not any(
+    a["labels"]["alertname"] == "BwbpfSliceCapped" and a["labels"].get("slice") == "tenant"
+    and a["state"] == "firing" for a in alerts))
+'
 }
 
 # -- preconditions ----------------------------------------------------------------------
@@ -138,6 +181,10 @@ EOF
 [ -x "$BWBPF" ] || fail "$BWBPF is missing: run make install"
 systemctl cat "$UNIT" >/dev/null 2>&1 || fail "$UNIT is not installed: run make install"
 command -v python3 >/dev/null || fail "python3 is missing"
+for tool in curl prometheus promtool; do
+    command -v "$tool" >/dev/null || fail "$tool is missing (Debian: apt-get install $tool)"
+done
+[ -f "$ALERTS" ] || fail "$ALERTS is missing: run make install"
 
 trap cleanup EXIT
 if [ -e "$CONFIG" ]; then
@@ -145,6 +192,11 @@ if [ -e "$CONFIG" ]; then
     cp -p "$CONFIG" "$BACKUP"
 fi
 if systemctl is-enabled -q "$UNIT" 2>/dev/null; then was_enabled=yes; fi
+# node_exporter's textfile directory must exist when the service starts (ReadWritePaths=-).
+if [ ! -d "$TEXTFILE_DIR" ]; then
+    mkdir -p "$TEXTFILE_DIR"
+    made_textfile_dir=yes
+fi
 
 ip link add "$DEV" type veth peer name "$PEER"
 ip link set "$DEV" up
@@ -250,7 +302,44 @@ rm -f "$DROPIN"
 rmdir "$DROPIN_DIR" 2>/dev/null || true
 systemctl daemon-reload
 
-# -- 6. stop: SIGTERM saves the state and exits 0 -----------------------------------------
+# -- 6. metrics and an alert: the operator's Prometheus -----------------------------------
+tenant_capped() { [ "$(scraped | metric bwbpf_slice_capped)" = 1.0 ]; }
+wait_for "the endpoint to show the tenant capped" tenant_capped
+served=$(scraped | metric bwbpf_slice_bytes_total)
+[ "$served" = "$(stat_get tenant.counter_bytes).0" ] ||
+    fail "served bwbpf_slice_bytes_total $served, stat says $(stat_get tenant.counter_bytes)"
+[ -f "$TEXTFILE" ] || fail "no textfile $TEXTFILE (not writable in the sandbox?)"
+written=$(metric bwbpf_slice_capped <"$TEXTFILE")
+[ "$written" = 1.0 ] || fail "textfile $TEXTFILE says bwbpf_slice_capped '$written'"
+say "ok: metrics on 127.0.0.1:$METRICS_PORT ($served bytes, capped) and in $TEXTFILE"
+
+cat >"$PROM_DIR/prometheus.yml" <<EOF
+# Intervals shortened so that the wait is the rule's own "for" and little more.
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - $ALERTS
+scrape_configs:
+  - job_name: bwbpf
+    static_configs:
+      - targets: ["127.0.0.1:$METRICS_PORT"]
+EOF
+promtool check config "$PROM_DIR/prometheus.yml" >/dev/null || fail "promtool check config"
+prometheus --config.file="$PROM_DIR/prometheus.yml" --storage.tsdb.path="$PROM_DIR/tsdb" \
+    --web.listen-address="127.0.0.1:$PROM_PORT" >"$PROM_DIR/log" 2>&1 &
+prom_pid=$!
+since=$SECONDS
+# BwbpfSliceCapped holds for 1 minute before it fires.
+TIMEOUT=$((TIMEOUT + 120)) wait_for "Prometheus to fire BwbpfSliceCapped for the tenant" \
+    alert_firing
+say "ok: Prometheus with $ALERTS fired BwbpfSliceCapped after $((SECONDS - since)) s"
+kill "$prom_pid"
+wait "$prom_pid" 2>/dev/null || true
+prom_pid=
+
+# -- 7. stop: SIGTERM saves the state and exits 0 -----------------------------------------
 systemctl stop "$UNIT"
 [ "$(prop Result)" = success ] || fail "stop: Result=$(prop Result), want success"
 [ "$(prop ExecMainStatus)" = 0 ] || fail "stop: exit status $(prop ExecMainStatus), want 0"

@@ -132,9 +132,14 @@ def test_hardening(key: str, value: str) -> None:
     assert one(key) == value
 
 
-def test_writable_paths_are_bpffs_only() -> None:
-    # With ProtectSystem=strict the state directory is writable through StateDirectory=.
-    assert one("ReadWritePaths").split() == ["/sys/fs/bpf"]
+def test_writable_paths_are_bpffs_and_the_textfile_directory() -> None:
+    # With ProtectSystem=strict the state directory is writable through StateDirectory=;
+    # [metrics] textfile lives in node_exporter's directory (upstream's or Debian's).
+    assert one("ReadWritePaths").split() == [
+        "/sys/fs/bpf",
+        "-/var/lib/node_exporter/textfile_collector",
+        "-/var/lib/prometheus/node-exporter",
+    ]
 
 
 def test_capabilities_are_the_measured_minimum() -> None:
@@ -161,7 +166,7 @@ def test_installed_config_fits_the_unit() -> None:
     and ticks (so pets the watchdog) well within WatchdogSec."""
     cfg = config.load(INSTALLED_CONFIG, check_interface=False)
     assert cfg.state_dir == "/var/lib/" + one("StateDirectory")
-    assert cfg.bpffs_dir == one("ReadWritePaths")
+    assert cfg.bpffs_dir == one("ReadWritePaths").split()[0]
     assert cfg.tick_s * 3 <= parse_duration(one("WatchdogSec"))
     # As installed it caps nobody: no slices, and the default slice's budgets (limit, and
     # avg_rate for the average policy) are out of any node's reach.
