@@ -313,14 +313,25 @@ written=$(metric bwbpf_slice_capped <"$TEXTFILE")
 [ "$written" = 1.0 ] || fail "textfile $TEXTFILE says bwbpf_slice_capped '$written'"
 say "ok: metrics on 127.0.0.1:$METRICS_PORT ($served bytes, capped) and in $TEXTFILE"
 
+# The installed rules with BwbpfSliceCapped's "for: 1m" cut to 5 s: when a rule fires after
+# its "for" is Prometheus's business, and `promtool test rules` checks it as shipped.
+python3 -c '
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+for group in doc["groups"]:
+    for rule in group["rules"]:
+        if rule.get("alert") == "BwbpfSliceCapped":
+            rule["for"] = "5s"
+yaml.safe_dump(doc, open(sys.argv[2], "w"))
+' "$ALERTS" "$PROM_DIR/alerts.yml" || fail "cannot read $ALERTS (python3-yaml?)"
 cat >"$PROM_DIR/prometheus.yml" <<EOF
-# Intervals shortened so that the wait is the rule's own "for" and little more.
+# Intervals shortened, so that the wait is short.
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
   evaluation_interval: 1s
 rule_files:
-  - $ALERTS
+  - $PROM_DIR/alerts.yml
 scrape_configs:
   - job_name: bwbpf
     static_configs:
@@ -331,10 +342,8 @@ prometheus --config.file="$PROM_DIR/prometheus.yml" --storage.tsdb.path="$PROM_D
     --web.listen-address="127.0.0.1:$PROM_PORT" >"$PROM_DIR/log" 2>&1 &
 prom_pid=$!
 since=$SECONDS
-# BwbpfSliceCapped holds for 1 minute before it fires.
-TIMEOUT=$((TIMEOUT + 120)) wait_for "Prometheus to fire BwbpfSliceCapped for the tenant" \
-    alert_firing
-say "ok: Prometheus with $ALERTS fired BwbpfSliceCapped after $((SECONDS - since)) s"
+wait_for "Prometheus to fire BwbpfSliceCapped for the tenant" alert_firing
+say "ok: Prometheus with the rules of $ALERTS fired BwbpfSliceCapped after $((SECONDS - since)) s"
 kill "$prom_pid"
 wait "$prom_pid" 2>/dev/null || true
 prom_pid=
