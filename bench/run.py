@@ -9,7 +9,8 @@
    dclass cache).
 2. Reading the counters of 10,000 slices with ``datapath.Counters`` against bcc's per-key
    lookups.
-3. 1,000 HTB ceiling changes with ``Shaper.put_class`` against one ``tc -batch``.
+3. 1,000 HTB ceiling changes with ``Shaper.apply`` against one ``tc -batch``, and listing
+   those classes with ``Shaper.classes`` against ``tc -s class show``.
 
 No figure is asserted anywhere: the results are written as JSON and summarised on stdout.
 Everything created (a private bpffs directory, cgroups, a veth pair) is removed on exit,
@@ -627,7 +628,9 @@ def veth() -> Iterator[str]:
                 ipr.link("del", index=found[0])
 
 
-def bench_netlink(changes: int, runs: int) -> Result:
+def bench_netlink(changes: int, runs: int) -> list[Result]:
+    """Changing the ceilings of ``changes`` classes (Shaper.apply, as a daemon tick does)
+    and reading them back (Shaper.classes), each against iproute2's tc doing the same."""
     from bwbpf.shaper import Shaper
 
     parent = classid.parent_class(limits.DCLASS_NORMAL)
@@ -639,22 +642,28 @@ def bench_netlink(changes: int, runs: int) -> Result:
             for i in range(1, changes + 1)
         ]
 
+    def check(shaper: Shaper, ceil_bps: int, who: str) -> None:
+        last = shaper.classes()[classid.slice_class(changes, limits.DCLASS_NORMAL)]
+        if last.ceil_bps != ceil_bps:
+            raise RuntimeError(f"{who} did not apply: ceil {last.ceil_bps}, not {ceil_bps}")
+
     with veth() as ifname, Shaper(ifname) as shaper:
         shaper.ensure_qdisc()
         top = tree.ClassSpec(classid.ROOT_CLASS, classid.QDISC_HANDLE, 10**9, 10**9, 1600)
-        shaper.put_class(top)
-        shaper.put_class(tree.ClassSpec(parent, classid.ROOT_CLASS, 10**8, 10**8, 1600))
-        for spec in leaves(ceilings[0]):
-            shaper.put_class(spec)
-        mine: list[float] = []
-        theirs: list[float] = []
+        shaper.apply([top, tree.ClassSpec(parent, classid.ROOT_CLASS, 10**8, 10**8, 1600)])
+        shaper.apply(leaves(ceilings[0]))
+        change_mine: list[float] = []
+        change_tc: list[float] = []
+        dump_mine: list[float] = []
+        dump_tc: list[float] = []
         with tempfile.TemporaryDirectory(prefix="bwbpfbench-") as tmp:
             for r in range(runs):
                 specs = leaves(ceilings[2 * r + 1])
+                installed = shaper.classes()
                 t = time.perf_counter_ns()
-                for spec in specs:
-                    shaper.put_class(spec)
-                mine.append((time.perf_counter_ns() - t) / 1e6)
+                shaper.apply(specs, installed)
+                change_mine.append((time.perf_counter_ns() - t) / 1e6)
+                check(shaper, ceilings[2 * r + 1], "Shaper.apply")
                 # tc's rate unit is also bytes/s underneath; "bit" spells bits per second.
                 batch = Path(tmp) / f"batch{r}"
                 batch.write_text(
@@ -667,24 +676,47 @@ def bench_netlink(changes: int, runs: int) -> Result:
                 )
                 t = time.perf_counter_ns()
                 subprocess.run(["tc", "-batch", str(batch)], check=True)
-                theirs.append((time.perf_counter_ns() - t) / 1e6)
-        installed = shaper.classes()
-        last = installed[classid.slice_class(changes, limits.DCLASS_NORMAL)]
-        if last.ceil_bps != ceilings[2 * runs]:
-            raise RuntimeError(f"tc -batch did not apply: ceil {last.ceil_bps}")
-    return Result(
-        f"{changes:,} HTB class ceiling changes: Shaper.put_class",
-        statistics.median(mine),
-        "ms",
-        f"tc -batch of the same {changes:,} changes (process start included)",
-        statistics.median(theirs),
-        extra={
-            "min": round(min(mine), 3),
-            "baseline_min": round(min(theirs), 3),
-            "per_change_us": round(statistics.median(mine) * 1000 / changes, 2),
-            "runs": runs,
-        },
-    )
+                change_tc.append((time.perf_counter_ns() - t) / 1e6)
+                check(shaper, ceilings[2 * r + 2], "tc -batch")
+
+                t = time.perf_counter_ns()
+                shaper.classes()
+                dump_mine.append((time.perf_counter_ns() - t) / 1e6)
+                t = time.perf_counter_ns()
+                subprocess.run(
+                    ["tc", "-s", "class", "show", "dev", ifname], check=True, capture_output=True
+                )
+                dump_tc.append((time.perf_counter_ns() - t) / 1e6)
+
+    def result(name: str, mine: list[float], baseline: str, theirs: list[float]) -> Result:
+        return Result(
+            name,
+            statistics.median(mine),
+            "ms",
+            baseline,
+            statistics.median(theirs),
+            extra={
+                "min": round(min(mine), 3),
+                "baseline_min": round(min(theirs), 3),
+                "per_class_us": round(statistics.median(mine) * 1000 / changes, 2),
+                "runs": runs,
+            },
+        )
+
+    return [
+        result(
+            f"{changes:,} HTB class ceiling changes: Shaper.apply",
+            change_mine,
+            f"tc -batch of the same {changes:,} changes (process start included)",
+            change_tc,
+        ),
+        result(
+            f"list {changes + 3:,} HTB classes with their counters: Shaper.classes",
+            dump_mine,
+            "tc -s class show (process start included)",
+            dump_tc,
+        ),
+    ]
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -777,7 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.path.exists(bpffs):
             print(f"bench: could not remove {bpffs}", file=sys.stderr)
     if not args.no_netlink:
-        results.append(bench_netlink(args.class_changes, 3))
+        results.extend(bench_netlink(args.class_changes, 3))
     # Other work on the machine shifts every figure; the ratios less so.
     load = {"start": load_at_start, "end": os.getloadavg()}
     report = {

@@ -1,19 +1,23 @@
-"""HTB on the egress device through netlink (pyroute2): install the tree, change ceilings,
-remove what bwbpf installed and nothing else.
+"""HTB on the egress device through netlink: install the tree, change ceilings, remove
+what bwbpf installed and nothing else.
 
-pyroute2 pitfalls measured here (DESIGN.md): a bare integer rate is *bytes*/s; a class
-change resets every field it does not carry, so every request carries rate, ceil and
-quantum; rates of 2^32 bytes/s and more travel as TCA_HTB_RATE64/CEIL64 (pyroute2 adds them).
+The qdisc and links go through pyroute2. Classes, by the ten thousand, go through a raw
+NETLINK_ROUTE socket with the messages of htbmsg.py, in batches (htbmsg.py has the
+measurements). A class change resets every field it does not carry, so every request
+carries rate, ceil, bursts and quantum.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
-from collections.abc import Iterable
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bwbpf import classid
+from bwbpf import classid, htbmsg
 from bwbpf.errors import Error
 from bwbpf.tree import ClassSpec
 
@@ -47,25 +51,12 @@ def _burst(bytes_per_s: int) -> int:
     return max(1, min(bytes_per_s // 1000 + MTU, bytes_per_s * MAX_BURST_SECONDS))
 
 
-def _htb_options(spec: ClassSpec) -> dict[str, Any]:
-    """TCA_OPTIONS of an HTB class, without the legacy rate tables: the kernel only uses
-    them to guess the link layer (htb_change_class), pyroute2 spends a third of a class
-    change computing them, and at 1 byte/s their entries overflow a u32."""
-    from pyroute2.netlink.rtnl.tcmsg import sched_htb
-
-    rate, ceil = _bytes_per_s(spec.rate_bps), _bytes_per_s(spec.ceil_bps)
-    opts: dict[str, Any] = sched_htb.get_class_parameters(
-        {
-            "rate": rate,
-            "ceil": ceil,
-            "burst": _burst(rate),
-            "cburst": _burst(ceil),
-            "quantum": spec.quantum,
-            "prio": 0,
-        }
-    )
-    opts["attrs"] = [a for a in opts["attrs"] if a[0] not in ("TCA_HTB_RTAB", "TCA_HTB_CTAB")]
-    return opts
+def _tick_in_usec() -> float:
+    try:
+        with open("/proc/net/psched") as f:
+            return htbmsg.ticks_per_usec(f.read())
+    except (OSError, ValueError) as exc:
+        raise Error(f"cannot read the packet scheduler clock /proc/net/psched: {exc}") from None
 
 
 def same(spec: ClassSpec, installed: InstalledClass) -> bool:
@@ -78,8 +69,114 @@ def same(spec: ClassSpec, installed: InstalledClass) -> bool:
     )
 
 
+# Not in Python 3.11's socket module (include/uapi/linux/netlink.h, sched.h).
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+CLONE_NEWNET = 0x40000000
+
+
+def _route_socket(netns: str | None) -> socket.socket:
+    """A NETLINK_ROUTE socket, made in the named network namespace if one is given (a socket
+    stays in the namespace it was made in; only this thread enters it, and comes back)."""
+    if netns is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        there = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    except OSError as exc:
+        raise Error(f"no such network namespace: {netns} ({exc.strerror})") from None
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if libc.setns(there, CLONE_NEWNET) != 0:
+            raise Error(
+                f"cannot enter network namespace {netns}: {os.strerror(ctypes.get_errno())}"
+            )
+        try:
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        finally:
+            if libc.setns(here, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "cannot return to the original namespace")
+    finally:
+        os.close(there)
+        os.close(here)
+
+
+class _ClassChannel:
+    """HTB class requests and dumps over one raw NETLINK_ROUTE socket."""
+
+    # Requests per sendmsg. Each acknowledgement is its own skb of ~1 kB truesize in the
+    # receive buffer (212 kB by default, net.core.rmem_default); past it the kernel drops
+    # them and recv fails with ENOBUFS (seen with 500).
+    BATCH = 64
+
+    def __init__(self, netns: str | None) -> None:
+        self.sock = _route_socket(netns)
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        self.sock.bind((0, 0))
+        self.seq = 0
+        self.buf = bytearray(1 << 18)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _recv(self) -> Iterable[htbmsg.Message]:
+        n = self.sock.recv_into(self.buf, 0, socket.MSG_TRUNC)
+        if n > len(self.buf):
+            raise Error(f"netlink message of {n} bytes exceeds the {len(self.buf)}-byte buffer")
+        return htbmsg.messages(memoryview(self.buf)[:n])
+
+    def run(self, requests: Sequence[tuple[Callable[[int], bytes], str]]) -> None:
+        """Send the requests (each a message built for a sequence number, and what it does
+        for an error message) in batches; raise the first failure once its batch is done.
+        The kernel handles the requests of a batch one after the other, in order."""
+        for start in range(0, len(requests), self.BATCH):
+            pending: dict[int, str] = {}
+            out = bytearray()
+            for build, doing in requests[start : start + self.BATCH]:
+                self.seq += 1
+                pending[self.seq] = doing
+                out += build(self.seq)
+            self.sock.send(out)
+            failure = None
+            while pending:
+                for msg in self._recv():
+                    if msg.type != htbmsg.NLMSG_ERROR or msg.seq not in pending:
+                        continue
+                    doing = pending.pop(msg.seq)
+                    err, text = htbmsg.parse_error(msg.payload, msg.flags)
+                    if err and failure is None:
+                        failure = f"cannot {doing}: {os.strerror(err)}" + (
+                            f" ({text})" if text else ""
+                        )
+                    elif text:
+                        log.debug("%s: kernel says: %s", doing, text)
+            if failure is not None:
+                raise Error(failure)
+
+    def dump(self, ifindex: int) -> list[htbmsg.HtbClass]:
+        self.seq += 1
+        seq = self.seq
+        self.sock.send(htbmsg.dump_classes(seq, ifindex))
+        out = []
+        while True:
+            for msg in self._recv():
+                if msg.seq != seq:
+                    continue
+                if msg.type in (htbmsg.NLMSG_DONE, htbmsg.NLMSG_ERROR):
+                    err, text = htbmsg.parse_error(msg.payload, msg.flags)
+                    if err:
+                        raise Error(f"cannot list HTB classes: {os.strerror(err)} {text}".strip())
+                    return out
+                if msg.type == htbmsg.RTM_NEWTCLASS:
+                    cls = htbmsg.parse_class(msg.payload)
+                    if cls is not None:
+                        out.append(cls)
+
+
 class Shaper:
-    """The HTB tree on one interface. Use as a context manager (one netlink socket)."""
+    """The HTB tree on one interface. Use as a context manager (it holds netlink sockets)."""
 
     def __init__(self, ifname: str, netns: str | None = None) -> None:
         from pyroute2 import IPRoute
@@ -91,8 +188,15 @@ class Shaper:
             self._ipr.close()
             raise Error(f"no such network interface: {ifname}")
         self.ifindex: int = found[0]
+        try:
+            self._classes = _ClassChannel(netns)
+        except BaseException:
+            self._ipr.close()
+            raise
+        self._tick_in_usec = _tick_in_usec()
 
     def close(self) -> None:
+        self._classes.close()
         self._ipr.close()
 
     def __enter__(self) -> Shaper:
@@ -110,51 +214,37 @@ class Shaper:
             what = classid.format_handle(handle)
             raise Error(f"{self.ifname}: tc {command} {what}: {exc.args[-1]}") from None
 
-    def _class_request(
-        self,
-        msg_type: int,
-        flags: int,
-        handle: int,
-        parent: int,
-        attrs: list[list[Any]],
-        doing: str,
-    ) -> None:
-        """One class request built by hand: pyroute2's tc("...-class") runs every request,
-        deletes included, through its HTB parameter code (legacy rate tables and all)."""
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.rtnl.tcmsg import tcmsg
+    def _put_request(self, spec: ClassSpec) -> tuple[Callable[[int], bytes], str]:
+        rate, ceil = _bytes_per_s(spec.rate_bps), _bytes_per_s(spec.ceil_bps)
 
-        msg = tcmsg()
-        msg["index"] = self.ifindex
-        msg["handle"] = handle
-        msg["parent"] = parent
-        msg["attrs"] = attrs
-        # pyroute2 0.9.7's synchronous nlm_request reads a status key only its own callers
-        # set; without it the request raises KeyError before being sent.
-        self._ipr.status["nlm_generator"] = False
-        try:
-            self._ipr.nlm_request(
-                msg, msg_type=msg_type, msg_flags=NLM_F_REQUEST | NLM_F_ACK | flags
+        def build(seq: int) -> bytes:
+            return htbmsg.put_class(
+                seq,
+                self.ifindex,
+                spec.handle,
+                spec.parent,
+                rate=rate,
+                ceil=ceil,
+                burst=_burst(rate),
+                cburst=_burst(ceil),
+                quantum=spec.quantum,
+                tick_in_usec=self._tick_in_usec,
             )
-        except NetlinkError as exc:
-            what = classid.format_handle(handle)
-            raise Error(f"{self.ifname}: cannot {doing} HTB class {what}: {exc.args[-1]}") from None
+
+        return build, f"set HTB class {classid.format_handle(spec.handle)} on {self.ifname}"
+
+    def _delete_request(self, handle: int, parent: int) -> tuple[Callable[[int], bytes], str]:
+        def build(seq: int) -> bytes:
+            return htbmsg.delete_class(seq, self.ifindex, handle, parent)
+
+        return build, f"delete HTB class {classid.format_handle(handle)} on {self.ifname}"
 
     def put_class(self, spec: ClassSpec) -> None:
-        """Create the class or change it to spec (NLM_F_CREATE | NLM_F_REPLACE)."""
-        from pyroute2.netlink import NLM_F_CREATE, NLM_F_REPLACE
-        from pyroute2.netlink.rtnl import RTM_NEWTCLASS
-
-        attrs = [["TCA_KIND", "htb"], ["TCA_OPTIONS", _htb_options(spec)]]
-        self._class_request(
-            RTM_NEWTCLASS, NLM_F_CREATE | NLM_F_REPLACE, spec.handle, spec.parent, attrs, "set"
-        )
+        """Create the class or change it to spec."""
+        self._classes.run([self._put_request(spec)])
 
     def del_class(self, handle: int, parent: int) -> None:
-        from pyroute2.netlink.rtnl import RTM_DELTCLASS
-
-        self._class_request(RTM_DELTCLASS, 0, handle, parent, [["TCA_KIND", "htb"]], "delete")
+        self._classes.run([self._delete_request(handle, parent)])
 
     def root_is_ours(self) -> bool:
         """Whether the root qdisc is HTB with bwbpf's handle."""
@@ -175,44 +265,34 @@ class Shaper:
 
     def classes(self) -> dict[int, InstalledClass]:
         """Every HTB class on the interface, with its counters."""
-        out: dict[int, InstalledClass] = {}
-        for msg in self._ipr.get_classes(index=self.ifindex):
-            if msg.get_attr("TCA_KIND") != "htb":
-                continue
-            opts = msg.get_attr("TCA_OPTIONS")
-            parms = opts.get_attr("TCA_HTB_PARMS") if opts is not None else None
-            if parms is None:
-                continue
-            rate = opts.get_attr("TCA_HTB_RATE64") or parms["rate"]
-            ceil = opts.get_attr("TCA_HTB_CEIL64") or parms["ceil"]
-            stats = msg.get_attr("TCA_STATS2")
-            basic = stats.get_attr("TCA_STATS_BASIC") if stats is not None else None
-            out[msg["handle"]] = InstalledClass(
-                handle=msg["handle"],
+        return {
+            c.handle: InstalledClass(
+                handle=c.handle,
                 # The kernel reports a class hanging from the qdisc itself as TC_H_ROOT.
-                parent=classid.QDISC_HANDLE if msg["parent"] == 0xFFFFFFFF else msg["parent"],
-                rate_bps=rate * 8,
-                ceil_bps=ceil * 8,
-                quantum=parms["quantum"],
-                bytes=basic["bytes"] if basic is not None else 0,
-                packets=basic["packets"] if basic is not None else 0,
+                parent=classid.QDISC_HANDLE if c.parent == htbmsg.TC_H_ROOT else c.parent,
+                rate_bps=c.rate * 8,
+                ceil_bps=c.ceil * 8,
+                quantum=c.quantum,
+                bytes=c.bytes,
+                packets=c.packets,
             )
-        return out
+            for c in self._classes.dump(self.ifindex)
+        }
 
     def apply(
         self, specs: Iterable[ClassSpec], installed: dict[int, InstalledClass] | None = None
     ) -> int:
-        """Create missing classes and change the ones that differ; returns the number of
-        netlink changes made. Parents must come before their children in specs."""
+        """Create missing classes and change the ones that differ, in one batch of netlink
+        requests; returns the number of changes. Parents must come before their children."""
         if installed is None:
             installed = self.classes()
-        changes = 0
-        for spec in specs:
-            have = installed.get(spec.handle)
-            if have is None or not same(spec, have):
-                self.put_class(spec)
-                changes += 1
-        return changes
+        changed = [
+            self._put_request(spec)
+            for spec in specs
+            if (have := installed.get(spec.handle)) is None or not same(spec, have)
+        ]
+        self._classes.run(changed)
+        return len(changed)
 
     def remove_others(
         self, keep: Iterable[int], installed: dict[int, InstalledClass] | None = None
@@ -226,8 +306,8 @@ class Shaper:
         # Children first: a class with children cannot be deleted.
         depth = {h: _depth(h, installed) for h in stale}
         stale.sort(key=lambda h: -depth[h])
+        self._classes.run([self._delete_request(h, installed[h].parent) for h in stale])
         for h in stale:
-            self.del_class(h, installed[h].parent)
             log.info(
                 "%s: removed class %s, which belongs to no configured slice",
                 self.ifname,

@@ -1,0 +1,222 @@
+"""rtnetlink messages for HTB classes, encoded and decoded with struct (no kernel access).
+
+Why not pyroute2 here: it decodes every attribute of every message into Python objects and
+runs each request through an asyncio loop. Measured with 10,000 slices (20,005 classes):
+one class dump took ~4 s (`tc class show`: 0.1 s) and `bwbpf up`'s 20,005 class changes
+~55 s. bwbpf reads five fields of a class and writes one kind of request, so this module
+encodes exactly those requests and decodes exactly those fields; shaper.py sends them in
+batches, as `tc -batch` does. pyroute2 still does everything else (links, qdisc, filter).
+
+Layouts are the kernel's UAPI (include/uapi/linux/{netlink,rtnetlink,pkt_sched,
+gen_stats}.h), all in host byte order. The unit tests check both directions against
+pyroute2's own encoder and decoder.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+# netlink.h
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
+NLM_F_REPLACE = 0x100
+NLM_F_CREATE = 0x400
+NLM_F_CAPPED = 0x100  # in an ack: the request was echoed as its header only
+NLM_F_ACK_TLVS = 0x200  # in an ack: extended-ack attributes follow
+NLMSGERR_ATTR_MSG = 1
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+
+# rtnetlink.h
+RTM_NEWTCLASS = 40
+RTM_DELTCLASS = 41
+RTM_GETTCLASS = 42
+TCA_KIND = 1
+TCA_OPTIONS = 2
+TCA_STATS2 = 7
+# pkt_sched.h
+TCA_HTB_PARMS = 1
+TCA_HTB_RATE64 = 6
+TCA_HTB_CEIL64 = 7
+# gen_stats.h
+TCA_STATS_BASIC = 1
+
+TC_H_ROOT = 0xFFFFFFFF
+U32_MAX = 0xFFFFFFFF
+
+NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+NLMSGERR = struct.Struct("=i")  # error (then the request's header, and maybe attributes)
+TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
+NLATTR = struct.Struct("=HH")  # len, type
+# struct tc_htb_opt: two struct tc_ratespec (cell_log, linklayer, overhead, cell_align,
+# mpu, rate), then buffer, cbuffer, quantum, level, prio.
+TC_HTB_OPT = struct.Struct("=BBHhHIBBHhHIIIIII")
+GNET_STATS_BASIC = struct.Struct("=QI")  # bytes, packets (then 4 bytes of padding)
+
+# tc's clock: HTB takes buffer times in psched ticks (include/net/pkt_sched.h: 64 ns).
+TIME_UNITS_PER_SEC = 1_000_000
+
+
+@dataclass(frozen=True)
+class HtbClass:
+    """What bwbpf needs of an installed HTB class. Rates in bytes per second."""
+
+    handle: int
+    parent: int
+    rate: int
+    ceil: int
+    quantum: int
+    bytes: int
+    packets: int
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    return NLATTR.pack(NLATTR.size + len(payload), kind) + payload.ljust(
+        _align(len(payload)), b"\0"
+    )
+
+
+def _message(msg_type: int, flags: int, seq: int, body: bytes) -> bytes:
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
+
+
+def ticks_per_usec(psched: str) -> float:
+    """psched ticks per microsecond from /proc/net/psched, as tc computes it."""
+    t2us, us2t, clock_res, _ = (int(field, 16) for field in psched.split())
+    return t2us / us2t * (clock_res / TIME_UNITS_PER_SEC)
+
+
+def xmit_ticks(rate: int, size: int, tick_in_usec: float) -> int:
+    """The time to send size bytes at rate bytes/s, in psched ticks (tc_calc_xmittime)."""
+    return int(int(TIME_UNITS_PER_SEC * (size / rate)) * tick_in_usec)
+
+
+def put_class(
+    seq: int,
+    ifindex: int,
+    handle: int,
+    parent: int,
+    *,
+    rate: int,
+    ceil: int,
+    burst: int,
+    cburst: int,
+    quantum: int,
+    tick_in_usec: float,
+) -> bytes:
+    """RTM_NEWTCLASS creating the class or replacing all of its parameters (rates in
+    bytes/s, bursts in bytes). Rates of 2^32 bytes/s and more go as TCA_HTB_RATE64/CEIL64,
+    with U32_MAX in the 32-bit field, as the kernel expects. No legacy rate tables: the
+    kernel only uses them to guess the link layer, and at 1 byte/s their entries overflow."""
+    parms = TC_HTB_OPT.pack(
+        0, 0, 0, 0, 0, min(rate, U32_MAX),
+        0, 0, 0, 0, 0, min(ceil, U32_MAX),
+        xmit_ticks(rate, burst, tick_in_usec),
+        xmit_ticks(ceil, cburst, tick_in_usec),
+        quantum, 0, 0,
+    )  # fmt: skip
+    options = _attr(TCA_HTB_PARMS, parms)
+    if rate >= 1 << 32:
+        options += _attr(TCA_HTB_RATE64, struct.pack("=Q", rate))
+    if ceil >= 1 << 32:
+        options += _attr(TCA_HTB_CEIL64, struct.pack("=Q", ceil))
+    body = (
+        TCMSG.pack(0, ifindex, handle, parent, 0)
+        + _attr(TCA_KIND, b"htb\0")
+        + _attr(TCA_OPTIONS, options)  # nested, without NLA_F_NESTED (as tc sends it)
+    )
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+    return _message(RTM_NEWTCLASS, flags, seq, body)
+
+
+def delete_class(seq: int, ifindex: int, handle: int, parent: int) -> bytes:
+    body = TCMSG.pack(0, ifindex, handle, parent, 0) + _attr(TCA_KIND, b"htb\0")
+    return _message(RTM_DELTCLASS, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+def dump_classes(seq: int, ifindex: int) -> bytes:
+    return _message(RTM_GETTCLASS, NLM_F_REQUEST | NLM_F_DUMP, seq, TCMSG.pack(0, ifindex, 0, 0, 0))
+
+
+@dataclass(frozen=True)
+class Message:
+    type: int
+    flags: int
+    seq: int
+    payload: memoryview
+
+
+def messages(buf: bytes | bytearray | memoryview) -> Iterator[Message]:
+    """The netlink messages in one datagram."""
+    view = memoryview(buf)
+    offset = 0
+    while offset + NLMSGHDR.size <= len(view):
+        length, msg_type, flags, seq, _ = NLMSGHDR.unpack_from(view, offset)
+        if length < NLMSGHDR.size or offset + length > len(view):
+            raise ValueError(f"truncated netlink message at offset {offset}")
+        yield Message(msg_type, flags, seq, view[offset + NLMSGHDR.size : offset + length])
+        offset += _align(length)
+
+
+def attrs(view: memoryview) -> dict[int, memoryview]:
+    """Attribute payloads by type (flags masked off); the last of a repeated type wins."""
+    out = {}
+    offset = 0
+    while offset + NLATTR.size <= len(view):
+        length, kind = NLATTR.unpack_from(view, offset)
+        if length < NLATTR.size:
+            break
+        out[kind & NLA_TYPE_MASK] = view[offset + NLATTR.size : offset + length]
+        offset += _align(length)
+    return out
+
+
+def parse_error(payload: memoryview, flags: int) -> tuple[int, str]:
+    """(errno, the kernel's extended-ack message or "") of an NLMSG_ERROR; errno 0 is an
+    acknowledgement."""
+    (error,) = NLMSGERR.unpack_from(payload)
+    text = ""
+    if flags & NLM_F_ACK_TLVS:
+        # The request is echoed after the error: its header alone with NETLINK_CAP_ACK.
+        (echoed_len,) = struct.unpack_from("=I", payload, NLMSGERR.size)
+        skip = NLMSGERR.size + (NLMSGHDR.size if flags & NLM_F_CAPPED else _align(echoed_len))
+        msg = attrs(payload[skip:]).get(NLMSGERR_ATTR_MSG)
+        if msg is not None:
+            text = bytes(msg).split(b"\0", 1)[0].decode(errors="replace")
+    return -error, text
+
+
+def parse_class(payload: memoryview) -> HtbClass | None:
+    """An RTM_NEWTCLASS of a dump, or None when it is not an HTB class."""
+    _, _, handle, parent, _ = TCMSG.unpack_from(payload)
+    top = attrs(payload[TCMSG.size :])
+    kind = top.get(TCA_KIND)
+    options = top.get(TCA_OPTIONS)
+    if kind is None or bytes(kind).rstrip(b"\0") != b"htb" or options is None:
+        return None
+    opts = attrs(options)
+    parms = opts.get(TCA_HTB_PARMS)
+    if parms is None:
+        return None
+    fields = TC_HTB_OPT.unpack_from(parms)
+    rate, ceil, quantum = fields[5], fields[11], fields[14]
+    if TCA_HTB_RATE64 in opts:
+        (rate,) = struct.unpack_from("=Q", opts[TCA_HTB_RATE64])
+    if TCA_HTB_CEIL64 in opts:
+        (ceil,) = struct.unpack_from("=Q", opts[TCA_HTB_CEIL64])
+    sent = packets = 0
+    stats = top.get(TCA_STATS2)
+    if stats is not None:
+        basic = attrs(stats).get(TCA_STATS_BASIC)
+        if basic is not None:
+            sent, packets = GNET_STATS_BASIC.unpack_from(basic)
+    return HtbClass(handle, parent, rate, ceil, quantum, sent, packets)
