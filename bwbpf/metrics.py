@@ -3,8 +3,13 @@ as a node_exporter textfile.
 
 No kernel calls here. The daemon builds a ``Snapshot`` from what its tick already has (the
 ledger with the raw counter readings, the policy's decisions, the datapath error counters)
-and hands it to the ``Exporter``; scrapes read whichever snapshot is current, so a scrape
-never waits for a tick or sees half of one (one reference swap, atomic under the GIL).
+and hands it to the ``Exporter``, which renders it once into the text exposition format
+(version 0.0.4); scrapes and the textfile get those bytes, so a scrape never waits for a
+tick or sees half of one (one reference swap, atomic under the GIL), and costs nothing.
+
+Rendered here rather than by prometheus_client, whose per-sample formatting took 1.8 s
+for the 220,000 samples of 10,000 slices (here ~0.2 s), once per tick and again for every
+scrape. The HTTP server is the standard library's.
 
 Units follow Prometheus' conventions (https://prometheus.io/docs/practices/naming/): bytes
 and seconds, so a ceiling is in bytes per second (``ceil_bps / 8``), and times are Unix
@@ -15,20 +20,14 @@ interfaces) writing textfiles into one node_exporter directory must not collide.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import math
+import os
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import write_to_textfile
-from prometheus_client.registry import Collector
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bwbpf import __version__, policy
 from bwbpf.config import Config
@@ -39,7 +38,7 @@ from bwbpf.limits import DCLASSES
 from bwbpf.policy import Decision
 
 PREFIX = "bwbpf"
-SLICE_LABELS = ("interface", "slice", "dclass")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Every metric family this module can expose, by its name in the exposition (counters with
 # their ``_total``, info with its ``_info``), and its help text. The dashboard and alert tests
@@ -160,64 +159,69 @@ def snapshot(
     )
 
 
-class SnapshotCollector(Collector):
-    """A prometheus_client collector that renders the current snapshot (or, before the
-    first tick, only the build info)."""
+# -- the text exposition format ---------------------------------------------------------------
 
-    def __init__(self, interface: str, version: str = __version__) -> None:
-        self.interface = interface
-        self.version = version
-        self.snapshot: Snapshot | None = None
 
-    def collect(self) -> Iterator[Metric]:
-        info = InfoMetricFamily(
-            "bwbpf_build", FAMILIES["bwbpf_build_info"], labels=("interface", "version")
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**labels: str) -> str:
+    """``{a="x",b="y"}``, names sorted (as Prometheus prints them)."""
+    return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+def _value(value: float) -> str:
+    # Integers as integers: exact in the text (the scraper makes a float of it anyway).
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def _family(name: str, samples: list[str]) -> Iterator[str]:
+    kind = "counter" if name.endswith("_total") else "gauge"
+    help_text = FAMILIES[name].replace("\\", "\\\\").replace("\n", "\\n")
+    yield f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+    yield from samples
+
+
+def render(snap: Snapshot | None, interface: str, version: str = __version__) -> bytes:
+    """The exposition of a snapshot (before the first tick: the build info alone)."""
+    out = list(
+        _family(
+            "bwbpf_build_info",
+            [f"bwbpf_build_info{_labels(interface=interface, version=version)} 1\n"],
         )
-        info.add_metric((self.interface, self.version), {})
-        yield info
-        snap = self.snapshot  # one read: the daemon may swap it meanwhile
-        if snap is None:
-            return
-        yield from _slice_families(snap)
-        errors = _counter("bwbpf_datapath_errors_total", ("interface", "reason"))
-        for reason, count in snap.errors.items():
-            errors.add_metric((snap.interface, reason), count)
-        yield errors
+    )
+    if snap is not None:
+        out += _slice_lines(snap)
+        node = _labels(interface=snap.interface)
+        out += _family(
+            "bwbpf_datapath_errors_total",
+            [
+                f"bwbpf_datapath_errors_total{_labels(interface=snap.interface, reason=r)} {n}\n"
+                for r, n in snap.errors.items()
+            ],
+        )
         for name, value in (
             ("bwbpf_tick_duration_seconds", snap.tick_duration_s),
             ("bwbpf_last_tick_timestamp_seconds", snap.last_tick),
             ("bwbpf_tick_interval_seconds", snap.tick_s),
             ("bwbpf_problems", snap.problems),
         ):
-            g = _gauge(name, ("interface",))
-            g.add_metric((snap.interface,), value)
-            yield g
+            out += _family(name, [f"{name}{node} {_value(value)}\n"])
+    return "".join(out).encode()
 
 
-def _counter(name: str, labels: tuple[str, ...]) -> CounterMetricFamily:
-    # CounterMetricFamily takes the name without _total and adds it to the sample.
-    return CounterMetricFamily(name.removesuffix("_total"), FAMILIES[name], labels=labels)
-
-
-def _gauge(name: str, labels: tuple[str, ...]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, FAMILIES[name], labels=labels)
-
-
-def _slice_families(snap: Snapshot) -> Iterator[Metric]:
-    counters = {
-        name: _counter(name, SLICE_LABELS)
-        for name in ("bwbpf_slice_bytes_total", "bwbpf_slice_packets_total")
-    }
-    gauges = {
-        name: _gauge(name, SLICE_LABELS)
-        for name in FAMILIES
-        if name.startswith("bwbpf_slice_") and name not in counters
-    }
+def _slice_lines(snap: Snapshot) -> Iterator[str]:
+    names = [n for n in FAMILIES if n.startswith("bwbpf_slice_")]
+    lines: dict[str, list[str]] = {n: [] for n in names}
     for c in snap.classes:
-        labels = (snap.interface, c.slice, c.dclass)
-        if c.counter_bytes is not None and c.counter_packets is not None:
-            counters["bwbpf_slice_bytes_total"].add_metric(labels, c.counter_bytes)
-            counters["bwbpf_slice_packets_total"].add_metric(labels, c.counter_packets)
+        labels = _labels(interface=snap.interface, slice=c.slice, dclass=c.dclass)
         values: dict[str, float] = {
             "bwbpf_slice_period_bytes": c.used_bytes,
             "bwbpf_slice_period_packets": c.used_packets,
@@ -229,24 +233,63 @@ def _slice_families(snap: Snapshot) -> Iterator[Metric]:
             "bwbpf_slice_period_start_timestamp_seconds": c.period_start,
             "bwbpf_slice_period_end_timestamp_seconds": c.period_end,
         }
+        if c.counter_bytes is not None and c.counter_packets is not None:
+            values["bwbpf_slice_bytes_total"] = c.counter_bytes
+            values["bwbpf_slice_packets_total"] = c.counter_packets
         for name, value in values.items():
-            gauges[name].add_metric(labels, value)
-    yield from counters.values()
-    yield from gauges.values()
+            lines[name].append(f"{name}{labels} {_value(value)}\n")
+    for name in names:
+        yield from _family(name, lines[name])
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """GET of any path: the current exposition (gzipped if the scraper asks for it)."""
+
+    server: _Server
+
+    def do_GET(self) -> None:
+        exporter = self.server.exporter
+        body, encoding = exporter.rendered, None
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body, encoding = exporter.gzipped(), "gzip"
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Not every scrape in the journal."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, exporter: Exporter) -> None:
+        # An IPv6 literal needs an AF_INET6 socket; the class attribute is read on bind.
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.exporter = exporter
+        super().__init__((host, port), _Handler)
 
 
 class Exporter:
-    """One daemon's metrics: its own registry (never the process-wide default one), the HTTP
-    server if one is configured, and the textfile."""
+    """One daemon's metrics: the current exposition, the HTTP server if one is configured,
+    and the textfile."""
 
     def __init__(self, interface: str) -> None:
-        self.collector = SnapshotCollector(interface)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
+        self.interface = interface
+        self.snapshot: Snapshot | None = None
+        self.rendered = render(None, interface)
+        self._gzipped: tuple[bytes, bytes] | None = None  # (of these bytes, gzipped)
         self.address: tuple[str, int] | None = None
         # What went wrong the last time the server was (re)started, for `bwbpf stat`.
         self.problems: list[str] = []
-        self._server: Any = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def serve(self, settings: MetricsSettings | None) -> None:
@@ -262,13 +305,16 @@ class Exporter:
             return
         host, port = want
         try:
-            # Returns (server, thread) since prometheus-client 0.20 (client_python#999);
-            # without them the server could not be stopped on a reload or at exit.
-            self._server, self._thread = start_http_server(port, host, self.registry)
+            server = _Server(host, port, self)
         except OSError as exc:
             problem = f"metrics: cannot listen on {_hostport(host, port)}: {exc.strerror or exc}"
             self.problems = [problem]
             raise Error(problem) from None
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="bwbpf-metrics", daemon=True
+        )
+        self._thread.start()
         self.address = want
 
     def close(self) -> None:
@@ -286,16 +332,30 @@ class Exporter:
     def update(self, snap: Snapshot, textfile: str | None = None) -> None:
         """Publish a tick's snapshot; rewrite the textfile (atomically: a temporary file in
         the same directory, then rename) if one is configured."""
-        self.collector.snapshot = snap
+        self.snapshot = snap
+        self.rendered = render(snap, self.interface)
         if textfile is not None:
+            from bwbpf.state import write_atomic
+
             try:
-                write_to_textfile(textfile, self.registry)
+                # node_exporter's directory is the operator's to make (and to grant).
+                if not os.path.isdir(os.path.dirname(textfile)):
+                    raise FileNotFoundError(0, "no such directory")
+                write_atomic(textfile, self.rendered)
             except OSError as exc:
                 raise Error(f"metrics: cannot write {textfile}: {exc.strerror or exc}") from None
 
+    def gzipped(self) -> bytes:
+        """The current exposition, gzipped: once per tick, for the first scraper asking."""
+        rendered, cached = self.rendered, self._gzipped
+        if cached is None or cached[0] is not rendered:
+            cached = (rendered, gzip.compress(rendered, compresslevel=1))
+            self._gzipped = cached
+        return cached[1]
+
     def render(self) -> bytes:
         """The text exposition a scrape gets now."""
-        return generate_latest(self.registry)
+        return self.rendered
 
     def __enter__(self) -> Exporter:
         return self

@@ -42,7 +42,10 @@ def save_state(path: str, interface: str, ledger: Ledger, now: float | None = No
         "ledger": ledger.to_dict(),
     }
     try:
-        data = json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n"
+        # Compact: with indent= json uses its pure-Python encoder, 4x slower (0.2 s a tick
+        # at 10,000 slices). `python3 -m json.tool` shows it indented.
+        data = json.dumps(document, sort_keys=True, allow_nan=False, separators=(",", ":"))
+        data += "\n"
     except ValueError as exc:  # a NaN or infinite time slipped into the ledger
         raise Error(f"cannot write state file {path}: {exc}") from exc
     try:

@@ -96,6 +96,8 @@ def write(
     }
     path = path_for(cfg)
     try:
-        write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        # Compact for speed, as the state file (state.save_state).
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
+        write_atomic(path, text.encode())
     except OSError as exc:
         raise Error(f"cannot write status file {path}: {exc.strerror or exc}") from exc

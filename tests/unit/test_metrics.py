@@ -3,6 +3,7 @@ HTTP server and textfile, and the alert rules and dashboard in deploy/prometheus
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -211,10 +212,10 @@ def test_exposition_has_exact_values_and_labels(tmp_path: Path) -> None:
     # Four classes × (2 counters + 9 gauges), 3 error reasons, build info, 4 daemon gauges.
     assert len(got) == 4 * 11 + 3 + 1 + 4
     # The literal lines a scraper sees, labels sorted, types declared.
-    assert 'bwbpf_slice_bytes_total{dclass="normal",interface="lo",slice="alice"} 9e+06' in text
+    assert 'bwbpf_slice_bytes_total{dclass="normal",interface="lo",slice="alice"} 9000000' in text
     assert "# TYPE bwbpf_slice_bytes_total counter" in text
     assert "# TYPE bwbpf_slice_capped gauge" in text
-    assert 'bwbpf_datapath_errors_total{interface="lo",reason="counter_lookup"} 7.0' in text
+    assert 'bwbpf_datapath_errors_total{interface="lo",reason="counter_lookup"} 7' in text
     # Every family the module declares is exposed, and nothing else.
     assert {name for name, _ in got} == set(metrics.FAMILIES)
 
@@ -277,7 +278,7 @@ def test_textfile_is_replaced_whole(tmp_path: Path) -> None:
     exporter.update(metrics.Snapshot("lo", 10, T0 + 10, 0.0), str(path))
     # A new file renamed over the old one (readers never see a half-written file).
     assert path.stat().st_ino != inode
-    assert "1.00001e+06" in path.read_text()
+    assert 'bwbpf_last_tick_timestamp_seconds{interface="lo"} 1000010.0' in path.read_text()
     assert os.listdir(path.parent) == ["bwbpf-lo.prom"]  # no temporary file left behind
 
 
@@ -302,7 +303,7 @@ def test_http_server_serves_the_current_snapshot_and_stops() -> None:
         exporter.serve(settings)  # the same address again: nothing to do
         assert "bwbpf_build_info" in scrape(port)
         exporter.update(metrics.Snapshot("lo", 10, T0, 0.0, problems=3))
-        assert 'bwbpf_problems{interface="lo"} 3.0' in scrape(port)
+        assert 'bwbpf_problems{interface="lo"} 3' in scrape(port)
         # A reload that moves the server.
         other = free_port()
         exporter.serve(config.Metrics("127.0.0.1", other, None))
@@ -313,6 +314,35 @@ def test_http_server_serves_the_current_snapshot_and_stops() -> None:
         assert exporter.address is None
         with pytest.raises(OSError):
             scrape(other)
+
+
+def test_gzip_for_scrapers_that_ask_and_ipv6() -> None:
+    snap = metrics.Snapshot("lo", 10, T0, 0.0, problems=4)
+    host = "::1" if socket.has_ipv6 and os.path.exists("/proc/net/if_inet6") else "127.0.0.1"
+    port = free_port()
+    with metrics.Exporter("lo") as exporter:
+        exporter.serve(config.Metrics(host, port, None))
+        exporter.update(snap)
+        url = f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/"
+        request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert response.headers["Content-Type"] == metrics.CONTENT_TYPE
+            body = gzip.decompress(response.read())
+        assert body == exporter.render() == metrics.render(snap, "lo")
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.headers["Content-Encoding"] is None
+            assert response.read() == body
+
+
+def test_label_values_are_escaped() -> None:
+    odd = 'a"b\\c\nd'
+    sample = metrics.ClassSample(odd, "normal", 1, 1, 1, 1, 10, 8, 8, 8, False, 0.0, 1.0)
+    got = samples(
+        metrics.render(metrics.Snapshot("e\\0", 10, 1.0, 0.0, (sample,)), "e\\0").decode()
+    )
+    key = frozenset({"interface": "e\\0", "slice": odd, "dclass": "normal"}.items())
+    assert got[("bwbpf_slice_bytes_total", key)] == 1
 
 
 def test_address_in_use_is_a_problem_not_a_crash() -> None:
@@ -374,7 +404,7 @@ def test_daemon_without_metrics_section_serves_nothing(tmp_path: Path) -> None:
         d._counters = FakeCounters()  # type: ignore[assignment]
         d.tick(T0)
         assert d.exporter.address is None
-        assert d.exporter.collector.snapshot is None
+        assert d.exporter.snapshot is None
     finally:
         d.stop()
 
