@@ -11,6 +11,8 @@
    lookups.
 3. 1,000 HTB ceiling changes with ``Shaper.apply`` against one ``tc -batch``, and listing
    those classes with ``Shaper.classes`` against ``tc -s class show``.
+4. ``bwbpf up`` of 10,000 slices against ``tc -batch`` creating the same classes, and the
+   daemon's tick against the kernel reads it cannot avoid (every counter, every class).
 
 No figure is asserted anywhere: the results are written as JSON and summarised on stdout.
 Everything created (a private bpffs directory, cgroups, a veth pair) is removed on exit,
@@ -719,6 +721,97 @@ def bench_netlink(changes: int, runs: int) -> list[Result]:
     ]
 
 
+# -- the daemon at scale ---------------------------------------------------------------------
+
+
+def daemon_config(ifname: str, bpffs: str, tmp: str, slices: int) -> str:
+    head = (
+        f'[node]\ninterface = "{ifname}"\nbpffs = "{bpffs}"\nstate_dir = "{tmp}/state"\n'
+        'line_rate = "10gbit"\nnode_cap = "10gbit"\n'
+        f'[metrics]\nlisten = ""\ntextfile = "{tmp}/bwbpf.prom"\n[quota]\nperiod = "1d"\n'
+    )
+    quota = 'normal = { limit = "10GB", max_rate = "100mbit" }\n'
+    return head + "".join(slice_toml(i, f"mark = {i}") + quota for i in range(1, slices + 1))
+
+
+def bench_daemon(slices: int, ticks: int) -> list[Result]:
+    """``bwbpf up`` and the daemon's tick with ``slices`` slices on a veth, each against the
+    part of the job that is the kernel's: ``tc -batch`` creating the same classes on a
+    second veth, and reading every counter plus listing every class (what any tick reads)."""
+    from bwbpf import node
+    from bwbpf.daemon import Daemon
+    from bwbpf.shaper import Shaper
+
+    bpffs = f"/sys/fs/bpf/bwbpfbench-{uuid.uuid4().hex[:8]}"
+    os.mkdir(bpffs)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="bwbpfbench-") as tmp,
+            veth() as ifname,
+            veth() as other,
+        ):
+            cfg = config.parse(daemon_config(ifname, bpffs, tmp, slices))
+            specs = tree.desired_tree(cfg)
+            t = time.perf_counter()
+            report = node.up(cfg)
+            up_s = time.perf_counter() - t
+            if report.class_changes != len(specs):
+                raise RuntimeError(f"up made {report.class_changes} of {len(specs)} classes")
+            batch = Path(tmp) / "batch"
+            lines = [f"qdisc add dev {other} root handle 1: htb\n"]
+            lines += [
+                f"class add dev {other} parent {classid.format_handle(c.parent)}"
+                f" classid {classid.format_handle(c.handle)} htb rate {c.rate_bps}bit"
+                f" ceil {c.ceil_bps}bit quantum {c.quantum}\n"
+                for c in specs
+            ]
+            batch.write_text("".join(lines))
+            t = time.perf_counter()
+            subprocess.run(["tc", "-batch", str(batch)], check=True)
+            tc_s = time.perf_counter() - t
+
+            d = Daemon(cfg)
+            tick_s: list[float] = []
+            reads_s: list[float] = []
+            try:
+                d.start()
+                for _ in range(ticks):
+                    t = time.perf_counter()
+                    d.tick(time.time())
+                    tick_s.append(time.perf_counter() - t)
+                    if d.tick_problems:
+                        raise RuntimeError("; ".join(d.tick_problems))
+                    t = time.perf_counter()
+                    with datapath.Counters(cfg.pin_dir) as counters, Shaper(ifname) as shaper:
+                        counters.read(s.id for s in cfg.all_slices())
+                        shaper.classes()
+                    reads_s.append(time.perf_counter() - t)
+            finally:
+                d.stop()
+                node.down(cfg)
+    finally:
+        shutil.rmtree(bpffs, ignore_errors=True)
+    n = len(specs)
+    return [
+        Result(
+            f"bwbpf up: {slices:,} slices, {n:,} HTB classes created",
+            up_s * 1000,
+            "ms",
+            f"tc -batch creating the same {n:,} classes on another veth",
+            tc_s * 1000,
+            extra={"classes": n, "runs": 1},
+        ),
+        Result(
+            f"daemon tick at {slices:,} slices (counters, policy, HTB, state, metrics textfile)",
+            statistics.median(tick_s) * 1000,
+            "ms",
+            "reading every counter and listing every HTB class (the kernel reads of a tick)",
+            statistics.median(reads_s) * 1000,
+            extra={"min": round(min(tick_s) * 1000, 1), "ticks": ticks},
+        ),
+    ]
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -780,6 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--class-changes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=2, help="seed of the random prefixes")
     parser.add_argument("--no-netlink", action="store_true", help="skip the HTB benchmark")
+    parser.add_argument(
+        "--daemon-slices", type=int, default=10_000, help="slices of up and tick (0: skip)"
+    )
     args = parser.parse_args(argv)
 
     if os.geteuid() != 0:
@@ -810,6 +906,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bench: could not remove {bpffs}", file=sys.stderr)
     if not args.no_netlink:
         results.extend(bench_netlink(args.class_changes, 3))
+    if args.daemon_slices:
+        results.extend(bench_daemon(args.daemon_slices, 5))
     # Other work on the machine shifts every figure; the ratios less so.
     load = {"start": load_at_start, "end": os.getloadavg()}
     report = {

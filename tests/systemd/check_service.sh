@@ -157,9 +157,10 @@ normal = { limit = "20kB", threshold = 0.5 }
 EOF
 }
 
-# metric NAME: the tenant's normal-class sample of NAME from stdin (exposition text).
+# metric NAME: the tenant's normal-class sample of NAME from stdin (exposition text), as a
+# number ("1" and "1.0" alike print 1).
 metric() {
-    awk -v m="$1" '$1 ~ "^"m"[{]" && /slice="tenant"/ && /dclass="normal"/ {print $2}'
+    awk -v m="$1" '$1 ~ "^"m"[{]" && /slice="tenant"/ && /dclass="normal"/ {print $2 + 0}'
 }
 
 scraped() { curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics"; }
@@ -303,14 +304,14 @@ rmdir "$DROPIN_DIR" 2>/dev/null || true
 systemctl daemon-reload
 
 # -- 6. metrics and an alert: the operator's Prometheus -----------------------------------
-tenant_capped() { [ "$(scraped | metric bwbpf_slice_capped)" = 1.0 ]; }
+tenant_capped() { [ "$(scraped | metric bwbpf_slice_capped)" = 1 ]; }
 wait_for "the endpoint to show the tenant capped" tenant_capped
 served=$(scraped | metric bwbpf_slice_bytes_total)
-[ "$served" = "$(stat_get tenant.counter_bytes).0" ] ||
+[ "$served" = "$(stat_get tenant.counter_bytes)" ] ||
     fail "served bwbpf_slice_bytes_total $served, stat says $(stat_get tenant.counter_bytes)"
 [ -f "$TEXTFILE" ] || fail "no textfile $TEXTFILE (not writable in the sandbox?)"
 written=$(metric bwbpf_slice_capped <"$TEXTFILE")
-[ "$written" = 1.0 ] || fail "textfile $TEXTFILE says bwbpf_slice_capped '$written'"
+[ "$written" = 1 ] || fail "textfile $TEXTFILE says bwbpf_slice_capped '$written'"
 say "ok: metrics on 127.0.0.1:$METRICS_PORT ($served bytes, capped) and in $TEXTFILE"
 
 # The installed rules with BwbpfSliceCapped's "for: 1m" cut to 5 s: when a rule fires after
