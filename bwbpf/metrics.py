@@ -283,7 +283,6 @@ class Exporter:
 
     def __init__(self, interface: str) -> None:
         self.interface = interface
-        self.snapshot: Snapshot | None = None
         self.rendered = render(None, interface)
         self._gzipped: tuple[bytes, bytes] | None = None  # (of these bytes, gzipped)
         self.address: tuple[str, int] | None = None
@@ -332,15 +331,14 @@ class Exporter:
     def update(self, snap: Snapshot, textfile: str | None = None) -> None:
         """Publish a tick's snapshot; rewrite the textfile (atomically: a temporary file in
         the same directory, then rename) if one is configured."""
-        self.snapshot = snap
         self.rendered = render(snap, self.interface)
         if textfile is not None:
             from bwbpf.state import write_atomic
 
+            # node_exporter's directory is the operator's to make (and to grant).
+            if not os.path.isdir(os.path.dirname(textfile)):
+                raise Error(f"metrics: cannot write {textfile}: no such directory")
             try:
-                # node_exporter's directory is the operator's to make (and to grant).
-                if not os.path.isdir(os.path.dirname(textfile)):
-                    raise FileNotFoundError(0, "no such directory")
                 write_atomic(textfile, self.rendered)
             except OSError as exc:
                 raise Error(f"metrics: cannot write {textfile}: {exc.strerror or exc}") from None

@@ -3,6 +3,7 @@ a textfile; after known traffic both show the slice's byte counter to the byte."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from bwbpf import __version__
 from tests.conftest import require_root
+from tests.exposition import samples
 from tests.integration.netns import REPO, Topology, sh
 from tests.integration.test_daemon import UDP4_OVERHEAD, stop, wait_for
 
@@ -50,14 +51,6 @@ match = {{ src = ["{topo.limited_src_ip}/32"] }}
 normal = {{ limit = "{limit}", threshold = 0.5, max_rate = "100mbit" }}
 """)
     return path
-
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
 
 
 class Env:
@@ -99,17 +92,25 @@ class Env:
         self.topo.teardown()
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+@contextlib.contextmanager
+def made_env(tmp: Path, tools: tuple[str, ...], limit: str = "1GB") -> Iterator[Env]:
+    """An Env with its namespaces up, removed afterwards; skips where a tool is missing."""
     require_root()
-    if shutil.which("nsenter") is None:
-        pytest.skip("nsenter is not installed")
-    e = Env(tmp_path)
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (make setup installs it)")
+    e = Env(tmp, limit)
     try:
         e.topo.setup()
         yield e
     finally:
         e.cleanup()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    with made_env(tmp_path, ("nsenter",)) as e:
+        yield e
 
 
 def tick_after(text: str | None, interface: str, t: float) -> dict | None:
@@ -215,17 +216,9 @@ def firing(env: Env, api: str, alertname: str) -> list[dict]:
 
 @pytest.fixture
 def capped_env(tmp_path: Path) -> Iterator[Env]:
-    require_root()
-    for tool in ("nsenter", "prometheus"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (make setup installs it)")
     # A 150 kB limit: its 75 kB threshold is below the 105 kB the test sends.
-    e = Env(tmp_path, limit="150kB")
-    try:
-        e.topo.setup()
+    with made_env(tmp_path, ("nsenter", "prometheus"), limit="150kB") as e:
         yield e
-    finally:
-        e.cleanup()
 
 
 def test_prometheus_alerts_when_a_slice_is_capped(capped_env: Env, tmp_path: Path) -> None:

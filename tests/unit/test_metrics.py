@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bwbpf import __version__, config, daemon, metrics, periods
 from bwbpf.errors import Error
 from bwbpf.ledger import Ledger
 from bwbpf.limits import ERROR_REASONS
+from tests.exposition import samples
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "prometheus"
@@ -105,24 +105,20 @@ def ticked(cfg: config.Config) -> tuple[Ledger, daemon.Decisions]:
     return ledger, daemon.decide_all(cfg, ledger, T0)
 
 
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """{(sample name, labels): value} of an exposition."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
 def labels(slice_name: str, dclass: str) -> frozenset:
     return frozenset({"interface": "lo", "slice": slice_name, "dclass": dclass}.items())
 
 
-def promtool() -> str:
+def promtool(
+    *args: str, stdin: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    """promtool with args, run in deploy/prometheus/ (skips the test where it is missing)."""
     path = shutil.which("promtool")
     if path is None:
         pytest.skip("promtool is not installed (Debian: apt-get install prometheus; make setup)")
-    return path
+    return subprocess.run(
+        [path, *args], cwd=DEPLOY, input=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # -- snapshots and their exposition ----------------------------------------------------------
@@ -246,7 +242,6 @@ def test_class_without_a_counter_reading_has_no_counter_sample() -> None:
 
 
 def test_promtool_check_metrics_accepts_the_exposition(tmp_path: Path) -> None:
-    tool = promtool()
     cfg = make_config(tmp_path)
     ledger, decisions = ticked(cfg)
     exporter = metrics.Exporter("lo")
@@ -255,12 +250,10 @@ def test_promtool_check_metrics_accepts_the_exposition(tmp_path: Path) -> None:
             cfg, ledger, decisions, dict.fromkeys(ERROR_REASONS, 0), now=T0, tick_duration_s=0.1
         )
     )
-    result = subprocess.run(
-        [tool, "check", "metrics"], input=exporter.render(), capture_output=True, timeout=30
-    )
+    result = promtool("check", "metrics", stdin=exporter.render().decode())
     # promtool exits non-zero on both errors and lint problems, and prints them.
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout + result.stderr == b""
+    assert result.stdout + result.stderr == ""
 
 
 # -- textfile and HTTP ------------------------------------------------------------------------
@@ -404,7 +397,7 @@ def test_daemon_without_metrics_section_serves_nothing(tmp_path: Path) -> None:
         d._counters = FakeCounters()  # type: ignore[assignment]
         d.tick(T0)
         assert d.exporter.address is None
-        assert d.exporter.snapshot is None
+        assert d.exporter.render() == metrics.render(None, "lo")  # no tick published
     finally:
         d.stop()
 
@@ -413,38 +406,18 @@ def test_daemon_without_metrics_section_serves_nothing(tmp_path: Path) -> None:
 
 
 def test_promtool_check_rules() -> None:
-    tool = promtool()
-    result = subprocess.run(
-        [tool, "check", "rules", str(DEPLOY / "alerts.yml")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = promtool("check", "rules", str(DEPLOY / "alerts.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_promtool_alert_rule_unit_tests() -> None:
-    tool = promtool()
-    result = subprocess.run(
-        [tool, "test", "rules", "alerts_test.yml"],
-        cwd=DEPLOY,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = promtool("test", "rules", "alerts_test.yml", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_check_scrape_config() -> None:
-    tool = promtool()
-    result = subprocess.run(
-        [tool, "check", "config", "scrape.yml"],
-        cwd=DEPLOY,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = promtool("check", "config", "scrape.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -471,7 +444,6 @@ def test_dashboard_and_alerts_use_only_exposed_metrics() -> None:
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """promtool parses each query (Grafana's variables filled in) as a recording rule."""
-    tool = promtool()
     rules = []
     for i, expr in enumerate(e for e in dashboard_exprs() if not e.startswith("label_values")):
         query = (
@@ -483,7 +455,5 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
         rules.append({"record": f"bwbpf:dashboard_query_{i}", "expr": query})
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = subprocess.run(
-        [tool, "check", "rules", str(path)], capture_output=True, text=True, timeout=30
-    )
+    result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
