@@ -40,6 +40,11 @@ def _bytes_per_s(bps: int) -> int:
     return max(1, bps // 8)
 
 
+def installed_rate(bps: int) -> int:
+    """The rate in bit/s a class holds once set to bps (HTB keeps whole bytes/s)."""
+    return _bytes_per_s(bps) * 8
+
+
 # HTB keeps its buffers as transmission times in a u32 of psched ticks (64 per µs), which
 # overflows past ~274 s: a 1 byte/s class cannot have tc's usual MTU-sized burst.
 MAX_BURST_SECONDS = 200
@@ -63,8 +68,8 @@ def same(spec: ClassSpec, installed: InstalledClass) -> bool:
     """Whether a class already is what spec asks for, at HTB's byte/s resolution."""
     return (
         installed.parent == spec.parent
-        and installed.rate_bps == _bytes_per_s(spec.rate_bps) * 8
-        and installed.ceil_bps == _bytes_per_s(spec.ceil_bps) * 8
+        and installed.rate_bps == installed_rate(spec.rate_bps)
+        and installed.ceil_bps == installed_rate(spec.ceil_bps)
         and installed.quantum == spec.quantum
     )
 
@@ -238,13 +243,6 @@ class Shaper:
             return htbmsg.delete_class(seq, self.ifindex, handle, parent)
 
         return build, f"delete HTB class {classid.format_handle(handle)} on {self.ifname}"
-
-    def put_class(self, spec: ClassSpec) -> None:
-        """Create the class or change it to spec."""
-        self._classes.run([self._put_request(spec)])
-
-    def del_class(self, handle: int, parent: int) -> None:
-        self._classes.run([self._delete_request(handle, parent)])
 
     def root_is_ours(self) -> bool:
         """Whether the root qdisc is HTB with bwbpf's handle."""

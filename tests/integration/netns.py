@@ -19,11 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bwbpf import classid, config, datapath, limits, status
-from bwbpf.shaper import Shaper
+from bwbpf.shaper import Shaper, installed_rate
 from tests.conftest import unique
 
 REPO = Path(__file__).resolve().parents[2]
 BWBPF = str(Path(sys.executable).parent / "bwbpf")
+# iperf3's UDP datagrams: it reports payload bits, while HTB shapes whole frames, 42 bytes
+# more each (Ethernet 14, IPv4 20, UDP 8).
+UDP_PAYLOAD = 1200
+UDP_FRAME = UDP_PAYLOAD + 42
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -201,7 +205,8 @@ class Topology:
         self, cfg_path: Path, slice_name: str, dclass: int = limits.DCLASS_NORMAL
     ) -> tuple[dict, int]:
         """(The daemon's status file of one tick, the ceiling HTB holds for one class of
-        one slice) read with no tick in between, so the two can be compared exactly.
+        one slice) read with no tick in between, so the two can be compared exactly (at
+        HTB's resolution: shaper.installed_rate).
 
         The ceiling moves at every tick, and on a slow machine (software emulation) more
         than one tick can pass between two reads. A tick shapes before it publishes its
@@ -221,7 +226,7 @@ class Topology:
             doc = {"last_tick": after.last_tick, "slices": after.slices}
             decided = after.slices[slice_name]["classes"][name]["ceil_bps"]
             same_tick = before is not None and before.last_tick == after.last_tick
-            if (same_tick and ceil == decided) or time.monotonic() > deadline:
+            if (same_tick and ceil == installed_rate(decided)) or time.monotonic() > deadline:
                 return doc, ceil
             time.sleep(0.1)
 
@@ -236,7 +241,7 @@ class Topology:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        udp = ["-u", "-b", udp_rate] if udp_rate else ["-O", "1"]
+        udp = ["-u", "-b", udp_rate, "-l", str(UDP_PAYLOAD)] if udp_rate else ["-O", "1"]
         try:
             time.sleep(0.4)
             out = sh(
