@@ -40,12 +40,12 @@ test-integration: setup ## namespaces, veths, real traffic, real HTB (root)
 	$(PYTEST) tests/integration
 
 lint: venv ## ruff check and format check; C with -Wall -Werror via the bpf tier
-	$(VENV)/bin/ruff check bwbpf tests bench
-	$(VENV)/bin/ruff format --check bwbpf tests bench
+	$(VENV)/bin/ruff check bwbpf tests bench vm
+	$(VENV)/bin/ruff format --check bwbpf tests bench vm
 
 fix: venv ## ruff fix and format
-	$(VENV)/bin/ruff check --fix bwbpf tests bench
-	$(VENV)/bin/ruff format bwbpf tests bench
+	$(VENV)/bin/ruff check --fix bwbpf tests bench vm
+	$(VENV)/bin/ruff format bwbpf tests bench vm
 
 bench: setup ## performance figures as ratios to baselines, JSON in bench/results.json
 	$(PY) bench/run.py --out bench/results.json
@@ -113,7 +113,7 @@ uninstall: ## remove what install put; keeps /etc/bwbpf, /var/lib/bwbpf and the 
 	echo "uninstall: done; kept /etc/bwbpf and /var/lib/bwbpf. The HTB tree and classifier"; \
 	echo "uninstall: stay on the interface: run 'bwbpf down' before uninstalling to remove them"
 
-# make vm-test: vm/run.sh builds a Debian 12 image once (debootstrap, cached under
+# make vm-test: vm/run.sh builds a Debian 12 image once (mmdebstrap, cached under
 # /var/cache/bwbpf-vm/<hash of its package lists>), boots Debian's own kernel in qemu (KVM if
 # a probe boot works, else TCG), shares this checkout read-only over 9p and returns the
 # guest's result. BWBPF_VM_ACCEL, BWBPF_VM_TIMEOUT and others: see vm/run.sh.

@@ -1,9 +1,12 @@
 #!/bin/bash
-# Build the vm-test image once and cache it: a debootstrapped Debian 12 with the
-# distribution's own kernel and matching headers, bcc, the test tools and a venv with the
-# Python test dependencies (the guest has no network). Cached under
-# $BWBPF_VM_CACHE/<key>/ (default /var/cache/bwbpf-vm), <key> a hash of the package lists and
-# this script (vm/lib.sh): a second run only says it is cached. Needs root.
+# Build the vm-test image once and cache it: Debian 12 as a real host runs it (main, updates
+# and security suites, from this host's apt configuration), made by mmdebstrap, with the
+# distribution's own kernel and the headers of that same kernel, bcc, the test tools and a
+# venv with the Python test dependencies (the guest has no network). Cached under
+# $BWBPF_VM_CACHE/<key>/ (default /var/cache/bwbpf-vm), <key> a hash of the sources, the
+# kernel version they offer, the package lists and these scripts (vm/lib.sh): a second run
+# only says it is cached. Needs root. Paths in the image tree are resolved as the image sees
+# them (vm/imagefs.py), never through the host's filesystem.
 #
 # The result: rootfs.raw (ext4, made with mkfs.ext4 -d: no loop device, no mount), vmlinuz
 # and initrd.img taken from it, and manifest.txt. vm/run.sh boots it.
@@ -14,7 +17,7 @@ set -euo pipefail
 dir=$(image_dir)
 [ -f "$dir/done" ] && { say "image cached in $dir"; exit 0; }
 
-ensure_host_tools debootstrap:debootstrap mkfs.ext4:e2fsprogs unshare:util-linux
+ensure_host_tools mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs unshare:util-linux
 
 mkdir -p "$VM_CACHE"
 exec 9>"$VM_CACHE/.lock"
@@ -35,27 +38,35 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The first Debian mirror apt is configured with (not the security one); override with
-# BWBPF_VM_MIRROR.
-mirror=${BWBPF_VM_MIRROR:-$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-    /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -E '^[[:space:]]*(deb|URIs:)[[:space:]]' |
-    grep -oE 'https?://[^[:space:]]+' | grep -E '/debian/?$' | head -n1 || true)}
-mirror=${mirror:-http://deb.debian.org/debian}
+sources=$(image_sources)
+if [ -z "$sources" ] && [ -z "${BWBPF_VM_SOURCES:-}" ]; then
+    say "no Debian $VM_SUITE suites in this host's apt lists: apt-get update"
+    apt-get update -q >/dev/null || true
+    sources=$(image_sources)
+fi
+[ -n "$sources" ] || die "no Debian $VM_SUITE source in this host's apt configuration" \
+    "(/etc/apt/sources.list*) to build the image from; or set BWBPF_VM_SOURCES to a file of deb lines"
+# The key was computed from these sources; another process may have changed them meanwhile.
+[ "$dir" = "$(image_dir)" ] || die "the host's apt sources changed during the build: run it again"
 
 started=$(date +%s)
 pkgs=$(image_packages | paste -sd, -)
 say "building the image $(basename "$dir") in $build (one-time; cached afterwards)"
-say "step 1/5: debootstrap $VM_SUITE from $mirror with: ${pkgs//,/ }"
+say "step 1/5: mmdebstrap $VM_SUITE from:"
+printf '%s\n' "$sources" | sed 's/^/vm-test:   /'
+say "  with: ${pkgs//,/ }"
 for attempt in 1 2; do # a second try: a mirror's hiccup should not fail CI
     rm -rf "$root"
-    unshare --mount --propagation private \
-        debootstrap --variant=minbase --components=main --include="$pkgs" \
-        "$VM_SUITE" "$root" "$mirror" >"$build/debootstrap.log" 2>&1 && break
-    tail -n 30 "$build/debootstrap.log" "$root/debootstrap/debootstrap.log" 2>/dev/null || true
-    [ "$attempt" = 1 ] || die "debootstrap failed twice"
-    say "  debootstrap failed; once more"
+    # apt resolves every package across all the suites at once: the newest kernel and the
+    # headers of that same kernel, whichever suite carries them. No Recommends (as debootstrap).
+    printf '%s\n' "$sources" | unshare --mount --propagation private \
+        mmdebstrap --variant=minbase --include="$pkgs" --components=main \
+        "$VM_SUITE" "$root" - >"$build/mmdebstrap.log" 2>&1 && break
+    tail -n 30 "$build/mmdebstrap.log" 2>/dev/null || true
+    [ "$attempt" = 1 ] || die "mmdebstrap failed twice"
+    say "  mmdebstrap failed; once more"
 done
-say "  debootstrap done in $(($(date +%s) - started)) s"
+say "  mmdebstrap done in $(($(date +%s) - started)) s"
 
 # Run a command in the new root with /proc, /sys and /dev, in a private mount namespace so
 # that nothing stays mounted whatever happens.
@@ -69,8 +80,8 @@ in_root() {
 
 t=$(date +%s)
 say "step 2/5: Python wheels from the package registry for an offline venv in the image"
-wheels=$root/opt/bwbpf-wheels
-mkdir -p "$wheels"
+chroot "$root" mkdir -p /opt/bwbpf-wheels
+wheels=$(imagefs path "$root" /opt/bwbpf-wheels)
 pip_requirements >"$wheels/requirements.txt"
 # Downloaded by the host's pip (its registry configuration), for the guest's CPython 3.11.
 "$(host_pip_python)" -m pip download -q --disable-pip-version-check --dest "$wheels" --only-binary=:all: \
@@ -90,17 +101,22 @@ in_root /opt/bwbpf-venv/bin/python -c 'import bcc, pyroute2, pytest' ||
 say "  wheels and venv done in $(($(date +%s) - t)) s"
 
 say "step 4/5: configuring the guest (fstab, the runner unit, units that only cost boot time)"
-echo bwbpf-vm >"$root/etc/hostname"
-printf '127.0.0.1 localhost\n127.0.1.1 bwbpf-vm\n::1 localhost\n' >"$root/etc/hosts"
+# Every file goes in through imagefs and every link through chroot, so that a path is the
+# image's own even where it crosses an absolute symlink (which, followed from the host,
+# would write into the host's files).
+put() { imagefs write "$root" "$1" "${2:-644}"; }
+echo bwbpf-vm | put /etc/hostname
+printf '127.0.0.1 localhost\n127.0.1.1 bwbpf-vm\n::1 localhost\n' | put /etc/hosts
 # The disk is opened with snapshot=on: no fsck, nothing written back.
-printf '/dev/vda / ext4 rw,noatime 0 0\n' >"$root/etc/fstab"
+printf '/dev/vda / ext4 rw,noatime 0 0\n' | put /etc/fstab
 in_root passwd -dq root
 # pip in the guest (make venv, make install) installs from the wheels, offline.
-printf '[global]\nno-index = true\nfind-links = /opt/bwbpf-wheels\ndisable-pip-version-check = true\n' \
-    >"$root/etc/pip.conf"
+printf '[global]\nno-index = true\nfind-links = /opt/bwbpf-wheels\ndisable-pip-version-check = true\n' |
+    put /etc/pip.conf
 # The runner: mount the shared repository (9p) and the result directory, then run the
 # repository's vm/guest-run.sh, which is read at every boot and so not part of the image.
-cat >"$root/usr/local/sbin/bwbpf-vm-boot" <<'EOF'
+chroot "$root" mkdir -p /usr/local/sbin /etc/systemd/system/multi-user.target.wants
+put /usr/local/sbin/bwbpf-vm-boot 755 <<'EOF'
 #!/bin/sh
 # Started at boot by bwbpf-vm-test.service (made by vm/build-image.sh).
 set -e
@@ -110,8 +126,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro repo /mnt/repo
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /mnt/out
 exec /bin/bash /mnt/repo/vm/guest-run.sh
 EOF
-chmod 755 "$root/usr/local/sbin/bwbpf-vm-boot"
-cat >"$root/etc/systemd/system/bwbpf-vm-test.service" <<'EOF'
+put /etc/systemd/system/bwbpf-vm-test.service <<'EOF'
 [Unit]
 Description=bwbpf vm-test: the repository's tests on this kernel, then power off
 After=local-fs.target systemd-udevd.service systemd-modules-load.service dbus.service
@@ -131,30 +146,31 @@ TimeoutStartSec=infinity
 [Install]
 WantedBy=multi-user.target
 EOF
-mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
-ln -sf /etc/systemd/system/bwbpf-vm-test.service \
-    "$root/etc/systemd/system/multi-user.target.wants/bwbpf-vm-test.service"
+chroot "$root" ln -sfn /etc/systemd/system/bwbpf-vm-test.service \
+    /etc/systemd/system/multi-user.target.wants/bwbpf-vm-test.service
 # No network in the guest, no login: these would only compete for two emulated CPUs.
 for unit in prometheus.service apt-daily.timer apt-daily-upgrade.timer man-db.timer \
     e2scrub_all.timer e2scrub_reap.service fstrim.timer systemd-timesyncd.service \
     serial-getty@ttyS0.service getty@tty1.service systemd-networkd-wait-online.service; do
-    ln -sf /dev/null "$root/etc/systemd/system/$unit"
+    chroot "$root" ln -sfn /dev/null "/etc/systemd/system/$unit"
 done
-kernel=$(cd "$root/boot" && ls vmlinuz-* | sort -V | tail -n1)
-release=${kernel#vmlinuz-}
-[ -f "$root/boot/initrd.img-$release" ] || die "no initramfs for $release in the image"
-[ -e "$root/lib/modules/$release/build/include" ] || die "no headers for $release in the image"
-rm -rf "$root/var/cache/apt/archives"/*.deb "$root/var/lib/apt/lists"/* "$root/debootstrap"
+# The kernel to boot, with its initramfs and the headers bcc needs, as the image sees them.
+release=$(imagefs kernel "$root") || die "the image is not usable; nothing was cached"
+headers=$(chroot "$root" dpkg-query -W -f='${Version}' "linux-headers-$release" 2>/dev/null || echo "?")
+say "  kernel $release, headers linux-headers-$release $headers"
+archives=$(imagefs path "$root" /var/cache/apt/archives)
+lists=$(imagefs path "$root" /var/lib/apt/lists)
+rm -rf "${archives:?}"/*.deb "${lists:?}"/*
 
 say "step 5/5: ext4 image from the tree (mkfs.ext4 -d)"
 size_mb=$(($(du -sm "$root" | cut -f1) * 13 / 10 + 1024))
 mkdir -p "$build/out"
-cp "$root/boot/$kernel" "$build/out/vmlinuz"
-cp "$root/boot/initrd.img-$release" "$build/out/initrd.img"
+cp "$(imagefs path "$root" "/boot/vmlinuz-$release")" "$build/out/vmlinuz"
+cp "$(imagefs path "$root" "/boot/initrd.img-$release")" "$build/out/initrd.img"
 mkfs.ext4 -q -F -L bwbpf-vm -d "$root" "$build/out/rootfs.raw" "${size_mb}M" >/dev/null
 {
-    echo "built $(date -u +%FT%TZ) from $mirror"
-    echo "kernel $release"
+    echo "built $(date -u +%FT%TZ) from:"; printf '%s\n' "$sources" | sed 's/^/  /'
+    echo "kernel $release (headers $headers)"
     echo "packages:"; image_packages | sed 's/^/  /'
     echo "wheels:"; (cd "$wheels" && ls *.whl | sed 's/^/  /')
 } >"$build/out/manifest.txt"
@@ -162,5 +178,7 @@ touch "$build/out/done"
 rm -rf "$dir"
 mv "$build/out" "$dir"
 # Keep the two newest images (another branch may use another key); remove the rest.
-ls -dt "$VM_CACHE"/*/ 2>/dev/null | grep -v '/build\.' | tail -n +3 | xargs -r rm -rf
+# (The cache's names are hex keys and build.XXXXXX: no spaces or newlines to split on.)
+find "$VM_CACHE" -mindepth 1 -maxdepth 1 -type d ! -name 'build.*' -printf '%T@ %p\n' |
+    sort -rn | tail -n +3 | cut -d' ' -f2- | xargs -r rm -rf
 say "image built in $(($(date +%s) - started)) s: $dir (kernel $release, $(du -sh "$dir" | cut -f1))"

@@ -66,14 +66,38 @@ print("\n".join(sorted(set(reqs))))
 EOF
 }
 
-# The cache key: both package lists and the build script. The guest runner is not in it: it
-# is read from the shared repository at every boot.
+# Paths inside the image tree, resolved as the image sees them (vm/imagefs.py): never
+# through the host's filesystem, where the image's absolute symlinks point elsewhere.
+imagefs() { "$(host_python)" "$VM_DIR/imagefs.py" "$@"; }
+
+# The image's apt sources, one-line format: the Debian archive's $VM_SUITE, -updates and
+# -security suites (main), as a real Debian 12 host runs them, taken from this host's apt
+# configuration: the image's kernel and its headers come from the same resolution, whichever
+# suite carries the newest. BWBPF_VM_SOURCES names a file of such lines instead.
+image_sources() {
+    if [ -n "${BWBPF_VM_SOURCES:-}" ]; then
+        sed -e 's/#.*//' "$BWBPF_VM_SOURCES" | awk 'NF'
+        return
+    fi
+    apt-get indextargets --format '$(REPO_URI) $(RELEASE)' \
+        'Identifier: Packages' 'Origin: Debian' 'Component: main' 2>/dev/null |
+        awk -v s="$VM_SUITE" '$2 == s || $2 == s "-updates" || $2 == s "-security" {
+            print "deb " $1 " " $2 " main" }' | sort -u
+}
+
+# The cache key: the sources, the kernel version they offer today (so that an archive update
+# builds a new image instead of reusing one whose kernel the archive no longer has), both
+# package lists and the build scripts. The guest runner is not in it: it is read from the
+# shared repository at every boot.
 image_key() {
     {
         echo "suite $VM_SUITE"
+        image_sources
+        apt-cache policy linux-image-amd64 linux-headers-amd64 2>/dev/null |
+            awk '/^[^ ]/ {p = $1} /Candidate:/ {print p, $2}'
         image_packages
         pip_requirements
-        cat "$VM_DIR/build-image.sh" "$VM_DIR/lib.sh"
+        cat "$VM_DIR/build-image.sh" "$VM_DIR/lib.sh" "$VM_DIR/imagefs.py"
     } | sha256sum | cut -c1-16
 }
 

@@ -10,7 +10,7 @@ set -euo pipefail
 # shellcheck source=vm/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-[ "$(id -u)" = 0 ] || die "make vm-test needs root (debootstrap, chroot; qemu reads the image)"
+[ "$(id -u)" = 0 ] || die "make vm-test needs root (mmdebstrap, chroot; qemu reads the image)"
 accel=${BWBPF_VM_ACCEL:-auto}
 timeout_s=${BWBPF_VM_TIMEOUT:-1200}
 mem_mb=${BWBPF_VM_MEM:-3072}
