@@ -19,25 +19,60 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_CONFIG = "/etc/bwbpf/bwbpf.toml"
 
 
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, exit 1. The message is folded onto one line: it may quote a
+    file's contents or an exception's text."""
+    text = " ".join(str(message).split()) or "unexpected error"
+    if len(text) > 500:
+        text = text[:497] + "..."
+    click.echo(f"bwbpf: {text}", err=True)
+    sys.exit(1)
+
+
+def _os_error(exc: OSError) -> str:
+    where = " ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+    text = exc.strerror or str(exc) or type(exc).__name__
+    hint = " (run as root)" if isinstance(exc, PermissionError) else ""
+    return f"{text}: {where}{hint}" if where else f"{text}{hint}"
+
+
 def _friendly(func: F) -> F:
-    """bwbpf.Error → one line on stderr and exit 1; a traceback only with --debug."""
+    """bwbpf.Error, or any other exception from bad input or a failing system (OSError such
+    as ENOSPC, EROFS or EACCES, UnicodeDecodeError, RecursionError, ValueError), → one line
+    ``bwbpf: ...`` on stderr and exit 1; a traceback only with --debug. Usage errors (click's
+    own exceptions) pass through and exit 2."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except ConfigError as exc:
+        except ConfigError as exc:  # an expected outcome: listed even with --debug
             for problem in exc.problems:
                 click.echo(f"bwbpf: {problem}", err=True)
             sys.exit(1)
         except Error as exc:
-            if click.get_current_context().find_root().params.get("debug"):
+            if _debug():
                 raise
-            raise click.ClickException(str(exc)) from None
-        except PermissionError as exc:
-            raise click.ClickException(
-                f"{exc.strerror}: {exc.filename or ''} (run as root)"
-            ) from None
+            _fail(str(exc))
+        except OSError as exc:
+            if _debug():
+                raise
+            _fail(_os_error(exc))
+        except RecursionError:
+            if _debug():
+                raise
+            _fail("input nested too deeply")
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise
+        except (UnicodeError, ValueError, TypeError, KeyError, IndexError) as exc:
+            if _debug():
+                raise
+            _fail(f"{type(exc).__name__}: {exc} (--debug shows where)")
 
     return wrapper  # type: ignore[return-value]
 
@@ -48,7 +83,9 @@ config_option = click.option(
     "config_path",
     default=DEFAULT_CONFIG,
     show_default=True,
-    type=click.Path(dir_okay=False),
+    # Not dir_okay=False: config.load refuses a directory (or FIFO, or device) itself, as
+    # one "bwbpf: FILE: ..." line and exit 1, like every other unusable config file.
+    type=click.Path(),
     help="The TOML configuration file.",
 )
 

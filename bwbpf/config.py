@@ -6,10 +6,12 @@ that ``bwbpf check`` can list them all at once.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +20,39 @@ from typing import Any, TypeVar
 
 from bwbpf import limits
 from bwbpf.errors import ConfigError
-from bwbpf.units import UnitError, parse_duration, parse_rate, parse_size
+from bwbpf.units import (
+    MAX_SIZE_BYTES,
+    UnitError,
+    parse_duration,
+    parse_rate,
+    parse_size,
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
 
-# A slice name becomes part of a mail address and a header; keep it to what is safe in both.
-SLICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# A slice name becomes a mail address's local part (a dot-atom: no leading, trailing or
+# doubled dot), a header, a Prometheus label and a Message-ID: 1-63 characters, dot-separated
+# words of letters, digits, '_' and '-', each word starting with a letter or digit and not
+# ending in '-'.
+_NAME_WORD = r"[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+SLICE_NAME = re.compile(rf"^(?=.{{1,63}}$){_NAME_WORD}(?:\.{_NAME_WORD})*$")
+# An interface name as the kernel allows it (dev_valid_name: at most IFNAMSIZ - 1 = 15
+# bytes, no '/', no whitespace) and narrower: it names files under node.state_dir and
+# directories under node.bpffs, so no '..' either.
+INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
+# Configured tick: at least a second (the ledger and the policy count whole seconds), at
+# most a day.
+MIN_TICK_S = 1
+MAX_TICK_S = 86400
+# Files the config reads (itself, exempt lists) must be regular files of at most this size;
+# a FIFO, device or directory is refused before it is opened for reading.
+MAX_FILE_BYTES = 16 * 2**20
+MAX_EXEMPT_FILES = 64
+# Problems listed per exempt file, and problems (and warnings) listed in all, before the
+# rest are summed up in one "... and N more" line.
+MAX_FILE_PROBLEMS = 5
+MAX_PROBLEMS = 100
 # The uid the kernel reports for a packet without a local socket (bpf_get_socket_uid).
 OVERFLOW_UID = 65534
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -126,7 +154,9 @@ class Config:
     @property
     def pin_dir(self) -> str:
         """Where this interface's maps are pinned: they outlive the process that loaded them."""
-        return os.path.join(self.bpffs_dir, "bwbpf", self.interface)
+        return _within(
+            self.path, "node.interface", os.path.join(self.bpffs_dir, "bwbpf"), self.interface
+        )
 
     def all_slices(self) -> tuple[Slice, ...]:
         """The default slice first, then the configured ones."""
@@ -169,6 +199,95 @@ _BUILTIN_CLASS = {
     "exempt": {"limit": "16.4GB", "threshold": 0.8, "min_rate": "8bit", "avg_rate": "1.5mbit"},
 }
 _ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+$")
+_PORT = re.compile(r"[0-9]{1,5}")
+# What a prefix can be made of: anything else is refused without asking ipaddress, which
+# keeps a file of a million lines of garbage fast.
+_PREFIX_CHARS = re.compile(
+    r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)(?:/[0-9]{1,3})?"
+)
+# The longest period of each calendar kind (with an hour for a DST change).
+_CALENDAR_SECONDS = {"daily": 25 * 3600, "weekly": 7 * 86400 + 3600, "monthly": 31 * 86400 + 3600}
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut short: a message names a value, it does not echo a megabyte."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print (sys.get_int_max_str_digits)
+        return f"<a {type(value).__name__} too long to show>"
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+def _within(path: str, key: str, base: str, name: str) -> str:
+    """``base/name``, which must be a direct child of ``base``: a path built from a config
+    value never leaves its base directory."""
+    full = os.path.normpath(os.path.join(base, name))
+    if not name or os.path.dirname(full) != os.path.normpath(base):
+        raise ConfigError([f"{path}: {key}: {name!r} would leave {base}"])
+    return full
+
+
+class _FileProblem(Exception):
+    """Why a file the config names cannot be used (one line, without the path)."""
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in _FILE_KINDS:
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_text_file(path: str, limit: int = MAX_FILE_BYTES) -> str:
+    """A regular file's text, or _FileProblem. The file is stat'ed before it is opened, and
+    opened non-blocking, so a FIFO or a device never blocks the caller; at most ``limit``
+    bytes are read; the text must be UTF-8."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _FileProblem(f"cannot read: {exc.strerror}") from None
+    except ValueError as exc:  # an embedded NUL
+        raise _FileProblem(f"cannot read: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _FileProblem(f"is {_file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > limit:
+        raise _FileProblem(f"is {st.st_size} bytes; at most {limit} are read")
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _FileProblem(f"cannot read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)  # the file opened may not be the one stat'ed
+        if not stat.S_ISREG(st.st_mode):
+            raise _FileProblem(f"is {_file_kind(st.st_mode)}, not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(2**20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise _FileProblem(f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise _FileProblem(f"is more than {limit} bytes; at most {limit} are read")
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _FileProblem(f"not UTF-8 text (at byte {exc.start})") from None
 
 
 class _Checker:
@@ -178,12 +297,31 @@ class _Checker:
         self.path = path
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        # Beyond MAX_PROBLEMS only a hash of each message is kept, to count the rest once.
+        self._more: dict[str, set[int]] = {"problems": set(), "warnings": set()}
+        self._seen: set[str] = set()
+
+    def _add(self, kind: str, text: str) -> None:
+        listed: list[str] = getattr(self, kind)
+        if text in self._seen:
+            return
+        if len(listed) < MAX_PROBLEMS:
+            listed.append(text)
+            self._seen.add(text)
+        else:
+            self._more[kind].add(hash(text))
 
     def fail(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.path}: {key}: {message}")
+        self._add("problems", f"{self.path}: {key}: {message}")
 
     def warn(self, key: str, message: str) -> None:
-        self.warnings.append(f"{self.path}: {key}: {message}")
+        self._add("warnings", f"{self.path}: {key}: {message}")
+
+    def listed(self, kind: str) -> list[str]:
+        """Every problem (or warning) to show, the ones beyond MAX_PROBLEMS as one line."""
+        more = len(self._more[kind])
+        listed: list[str] = getattr(self, kind)
+        return listed + ([f"{self.path}: ... and {more} more {kind}"] if more else [])
 
     def table(self, value: object, key: str, allowed: set[str]) -> dict[str, Any]:
         if value is None:
@@ -204,18 +342,31 @@ class _Checker:
 
     def integer(self, key: str, value: object, lo: int, hi: int) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, f"must be an integer, not {value!r}")
+            self.fail(key, f"must be an integer, not {_shown(value)}")
             return None
         if not lo <= value <= hi:
-            self.fail(key, f"{value} is outside {lo}..{hi}")
+            self.fail(key, f"{_shown(value)} is outside {lo}..{hi}")
             return None
         return value
 
     def string(self, key: str, value: object) -> str | None:
         if not isinstance(value, str) or not value:
-            self.fail(key, f"must be a non-empty string, not {value!r}")
+            self.fail(key, f"must be a non-empty string, not {_shown(value)}")
+            return None
+        if "\0" in value:
+            self.fail(key, f"must not contain a NUL character: {_shown(value)}")
             return None
         return value
+
+    def abspath(self, key: str, value: object, what: str = "an absolute path") -> str | None:
+        """An absolute path (normalised), or None with the problem reported."""
+        text = self.string(key, value)
+        if text is None:
+            return None
+        if not os.path.isabs(text):
+            self.fail(key, f"must be {what}, not {_shown(text)}")
+            return None
+        return os.path.normpath(text)
 
 
 def _as_list(value: object) -> list[Any]:
@@ -226,9 +377,16 @@ def _as_list(value: object) -> list[Any]:
 
 def _network(text: object) -> Network:
     if not isinstance(text, str):
-        raise ValueError(f"{text!r} is not a prefix string")
+        raise ValueError(f"{_shown(text)} is not a prefix string")
+    stripped = text.strip()
+    if len(stripped) > 64 or not _PREFIX_CHARS.fullmatch(stripped):
+        # What ipaddress would say, without the cost of asking it.
+        raise ValueError(
+            f"invalid prefix {_shown(text)}: {_shown(stripped)} does not appear to be"
+            " an IPv4 or IPv6 network"
+        )
     try:
-        return ipaddress.ip_network(text.strip(), strict=True)
+        return ipaddress.ip_network(stripped, strict=True)
     except ValueError as exc:
         raise ValueError(f"invalid prefix {text!r}: {exc}") from None
 
@@ -239,6 +397,7 @@ def _class_quota(
     merged: dict[str, Any],
     max_rate_default: int,
     origin: dict[str, str] | None = None,
+    period_s: int = 86400,
 ) -> ClassQuota | None:
     """Validate one class's merged settings; a value inherited from [defaults] is reported
     under its own key there (once), not under every slice that inherits it."""
@@ -287,6 +446,13 @@ def _class_quota(
     if avg_rate <= 0:
         c.fail(f"{key}.avg_rate", "must be above 0")
         ok = False
+    elif avg_rate * period_s // 8 > MAX_SIZE_BYTES:
+        # The average policy's budget, avg_rate × period / 8, is a size like any other.
+        c.fail(
+            where("avg_rate"),
+            f"{avg_rate} bit/s over a {period_s} s period is more than {MAX_SIZE_BYTES} bytes",
+        )
+        ok = False
     if not ok:
         return None
     return ClassQuota(limit, threshold, min_rate, max_rate, avg_rate)
@@ -296,7 +462,7 @@ def _period(c: _Checker, quota: dict[str, Any]) -> Period:
     text = quota.get("period", "1d")
     tz = quota.get("timezone", "UTC")
     if not isinstance(tz, str):
-        c.fail("quota.timezone", f"must be a string, not {tz!r}")
+        c.fail("quota.timezone", f"must be a string, not {_shown(tz)}")
         tz = "UTC"
     else:
         try:
@@ -304,18 +470,18 @@ def _period(c: _Checker, quota: dict[str, Any]) -> Period:
 
             ZoneInfo(tz)
         except Exception:
-            c.fail("quota.timezone", f"unknown time zone {tz!r}")
+            c.fail("quota.timezone", f"unknown time zone {_shown(tz)}")
     at_minutes = 0
     at = quota.get("at", "00:00")
     m = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])", at) if isinstance(at, str) else None
     if m is None:
-        c.fail("quota.at", f"must be HH:MM, not {at!r}")
+        c.fail("quota.at", f"must be HH:MM, not {_shown(at)}")
     else:
         at_minutes = int(m.group(1)) * 60 + int(m.group(2))
     if text in PERIOD_KINDS:
         weekday = quota.get("weekday", "mon")
         if weekday not in WEEKDAYS:
-            c.fail("quota.weekday", f"must be one of {', '.join(WEEKDAYS)}, not {weekday!r}")
+            c.fail("quota.weekday", f"must be one of {', '.join(WEEKDAYS)}, not {_shown(weekday)}")
             weekday = "mon"
         day = c.integer("quota.day", quota.get("day", 1), 1, 28) or 1
         return Period(text, 0, at_minutes, WEEKDAYS.index(weekday), day, tz)
@@ -325,6 +491,7 @@ def _period(c: _Checker, quota: dict[str, Any]) -> Period:
     seconds = c.convert("quota.period", text, parse_duration)
     if seconds is not None and seconds < 1:
         c.fail("quota.period", "must be at least 1s")
+        seconds = None
     return Period("rolling", seconds or 86400, at_minutes, 0, 1, tz)
 
 
@@ -339,24 +506,35 @@ def _notify(c: _Checker, raw: object) -> Notify | None:
     if "smtp" in n:
         smtp = c.string("notify.smtp", n["smtp"]) or ""
         host, _, port_text = smtp.rpartition(":") if ":" in smtp else (smtp, "", "25")
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            c.fail("notify.smtp", f"must be HOST or HOST:PORT, not {smtp!r}")
+        if len(host) > 253 or not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
+            c.fail("notify.smtp", f"must be HOST or HOST:PORT, not {_shown(smtp)}")
         else:
             port = int(port_text)
     sendmail = c.string("notify.sendmail", n["sendmail"]) if "sendmail" in n else None
     if host is None and sendmail is None:
         sendmail = "/usr/sbin/sendmail"
+    # The same test the mail is put through: what check accepts, notify can send.
+    from bwbpf.notify import ADDRESS
+
+    def address(text: object) -> bool:
+        return isinstance(text, str) and len(text) <= 254 and bool(ADDRESS.fullmatch(text))
+
     for key in ("from", "operator"):
-        if key in n and not (isinstance(n[key], str) and _ADDRESS.fullmatch(n[key])):
-            c.fail(f"notify.{key}", f"is not a mail address: {n[key]!r}")
+        if key in n and not address(n[key]):
+            c.fail(f"notify.{key}", f"is not a mail address: {_shown(n[key])}")
     slice_address = n.get("slice_address", "{slice}@localhost")
-    if not isinstance(slice_address, str) or not _ADDRESS.fullmatch(
-        slice_address.replace("{slice}", "x")
-    ):
-        c.fail("notify.slice_address", f"must be an address with {{slice}}, not {slice_address!r}")
+    if not isinstance(slice_address, str) or not address(slice_address.replace("{slice}", "x")):
+        c.fail(
+            "notify.slice_address",
+            f"must be an address with {{slice}}, not {_shown(slice_address)}",
+        )
+        slice_address = "{slice}@localhost"
     for key in ("starttls",):
         if key in n and not isinstance(n[key], bool):
             c.fail(f"notify.{key}", "must be true or false")
+    for key in ("username", "password"):
+        if key in n:
+            c.string(f"notify.{key}", n[key])
     return Notify(
         smtp_host=host or None,
         smtp_port=port,
@@ -378,19 +556,18 @@ def _metrics(c: _Checker, raw: object) -> Metrics | None:
     host: str | None = None
     port = 0
     if not isinstance(listen, str):
-        c.fail("metrics.listen", f'must be HOST:PORT or "" (not served), not {listen!r}')
+        c.fail("metrics.listen", f'must be HOST:PORT or "" (not served), not {_shown(listen)}')
     elif listen:
         host, _, port_text = listen.rpartition(":")
         host = host.strip("[]")
-        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            c.fail("metrics.listen", f"must be HOST:PORT, not {listen!r}")
+        if not host or not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
+            c.fail("metrics.listen", f"must be HOST:PORT, not {_shown(listen)}")
             host = None
         else:
             port = int(port_text)
     textfile = m.get("textfile")
-    if textfile is not None and not (isinstance(textfile, str) and os.path.isabs(textfile)):
-        c.fail("metrics.textfile", f"must be an absolute path, not {textfile!r}")
-        textfile = None
+    if textfile is not None:
+        textfile = c.abspath("metrics.textfile", textfile)
     return Metrics(host, port, textfile)
 
 
@@ -405,15 +582,15 @@ def _match(c: _Checker, key: str, raw: object) -> Match:
                 f"{OVERFLOW_UID} is the kernel's uid for packets without a"
                 " local socket and cannot name a slice",
             )
-    cgroups = [c.string(f"{key}.cgroup", v) for v in _as_list(m.get("cgroup"))]
-    for path in cgroups:
-        if path is not None and not os.path.isabs(path):
-            c.fail(f"{key}.cgroup", f"must be an absolute path in the cgroup v2 tree: {path!r}")
+    cgroups = [
+        c.abspath(f"{key}.cgroup", v, "an absolute path in the cgroup v2 tree")
+        for v in _as_list(m.get("cgroup"))
+    ]
     src = [c.convert(f"{key}.src", v, _network) for v in _as_list(m.get("src"))]
     return Match(
         marks=tuple(v for v in marks if v is not None),
         uids=tuple(v for v in uids if v is not None and v != OVERFLOW_UID),
-        cgroups=tuple(os.path.normpath(v) for v in cgroups if v is not None),
+        cgroups=tuple(v for v in cgroups if v is not None),
         src=tuple(v for v in src if v is not None),
     )
 
@@ -429,37 +606,68 @@ def _exempt(c: _Checker, raw: object, base: Path) -> list[Network]:
     e = c.table(raw, "exempt", _EXEMPT_KEYS)
     prefixes: list[Network] = []
     seen: dict[Network, str] = {}
+    counts = {4: 0, 6: 0}
 
-    def add(text: object, where: str) -> None:
-        net = c.convert(where, text, _network)
-        if net is None:
-            return
+    def add(text: object, where: str) -> str | None:
+        """Add one prefix; the problem with it, if any (with its key, but not the file)."""
+        try:
+            net = _network(text)
+        except ValueError as exc:
+            return f"{where}: {exc}"
         if net in seen:
-            c.fail(where, f"duplicate prefix {net} (also {seen[net]})")
-            return
+            return f"{where}: duplicate prefix {net} (also {seen[net]})"
+        counts[net.version] += 1
+        if counts[net.version] > limits.MAX_PREFIXES:
+            return None  # refused below, as one problem; no need to keep a million
         seen[net] = where
         prefixes.append(net)
+        return None
+
+    def report(problem: str) -> None:
+        key, _, message = problem.partition(": ")
+        c.fail(key, message)
 
     for i, text in enumerate(_as_list(e.get("prefixes"))):
-        add(text, f"exempt.prefixes[{i}]")
-    for i, name in enumerate(_as_list(e.get("files"))):
-        if not isinstance(name, str):
-            c.fail(f"exempt.files[{i}]", f"must be a path, not {name!r}")
+        problem = add(text, f"exempt.prefixes[{i}]")
+        if problem:
+            report(problem)
+    files = _as_list(e.get("files"))
+    if len(files) > MAX_EXEMPT_FILES:
+        c.fail("exempt.files", f"{len(files)} files; at most {MAX_EXEMPT_FILES}")
+        files = files[:MAX_EXEMPT_FILES]
+    for i, name in enumerate(files):
+        name = c.string(f"exempt.files[{i}]", name)
+        if name is None:
             continue
         path = base / name
+        shown = str(path) if len(str(path)) <= 200 else str(path)[:197] + "..."
         try:
-            lines = path.read_text().splitlines()
-        except OSError as exc:
-            c.fail(f"exempt.files[{i}]", f"cannot read {path}: {exc.strerror}")
+            text = read_text_file(str(path))
+        except _FileProblem as exc:
+            c.fail(f"exempt.files[{i}]", f"{shown}: {exc}")
             continue
-        for lineno, line in enumerate(lines, 1):
-            text = line.split("#", 1)[0].strip()
-            if text:
-                add(text, f"exempt.files[{i}] ({path}:{lineno})")
+        # The first few problems of a file are listed, the rest counted in one line.
+        more = 0
+        for lineno, line in enumerate(io.StringIO(text), 1):
+            entry = line.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            problem = add(entry, f"exempt.files[{i}] ({shown}:{lineno})")
+            if problem is None:
+                continue
+            if more < MAX_FILE_PROBLEMS:
+                report(problem)
+            more += 1
+        if more > MAX_FILE_PROBLEMS:
+            c.fail(
+                f"exempt.files[{i}]",
+                f"... and {more - MAX_FILE_PROBLEMS} more problems in {shown}",
+            )
     for family in (4, 6):
-        count = sum(1 for p in prefixes if p.version == family)
-        if count > limits.MAX_PREFIXES:
-            c.fail("exempt", f"{count} IPv{family} prefixes; at most {limits.MAX_PREFIXES}")
+        if counts[family] > limits.MAX_PREFIXES:
+            c.fail(
+                "exempt", f"{counts[family]} IPv{family} prefixes; at most {limits.MAX_PREFIXES}"
+            )
     return prefixes
 
 
@@ -471,15 +679,19 @@ def _slice(
     max_rates: dict[str, int],
     name: str,
     slice_id: int,
+    period_s: int,
 ) -> Slice | None:
-    share = c.integer(f"{key}.share", raw.get("share", defaults.get("share", 1)), 1, 10000)
+    share_key = f"{key}.share" if "share" in raw else "defaults.share"
+    share = c.integer(share_key, raw.get("share", defaults.get("share", 1)), 1, 10000)
     quotas: dict[str, ClassQuota | None] = {}
     for dclass in limits.DCLASSES:
         override = c.table(raw.get(dclass), f"{key}.{dclass}", _CLASS_KEYS)
         merged = _merged_class(defaults, override, dclass)
         inherited = set(defaults.get(dclass) or {}) - set(override)
         origin = {k: f"defaults.{dclass}" for k in inherited}
-        quotas[dclass] = _class_quota(c, f"{key}.{dclass}", merged, max_rates[dclass], origin)
+        quotas[dclass] = _class_quota(
+            c, f"{key}.{dclass}", merged, max_rates[dclass], origin, period_s
+        )
     match = _match(c, f"{key}.match", raw.get("match")) if "match" in raw else Match()
     normal, exempt = quotas["normal"], quotas["exempt"]
     if share is None or normal is None or exempt is None:
@@ -524,6 +736,20 @@ def _check_node_caps(c: _Checker, s: Slice, key: str, node_cap: int, line_rate: 
     )
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
+
+
+def _node_rate(c: _Checker, key: str, value: object) -> int | None:
+    """A node rate; 0 or anything below HTB's 1 byte/s is refused, never taken as unset."""
+    rate = c.convert(key, value, parse_rate)
+    if rate is not None and rate < 8:
+        c.fail(key, "must be at least 8bit (HTB's smallest rate is 1 byte/s)")
+        return None
+    return rate
+
+
 def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Config:
     """Validate a config document; raise ConfigError with every problem found."""
     c = _Checker(path)
@@ -531,37 +757,54 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: not valid TOML: nested too deeply"]) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # e.g. ValueError: an integer of more than 4300 digits
+        raise ConfigError([f"{path}: not valid TOML: {_one_line(exc)}"]) from None
     c.table(doc, "", _TOP_KEYS)
     node = c.table(doc.get("node"), "node", _NODE_KEYS)
     quota = c.table(doc.get("quota"), "quota", _QUOTA_KEYS)
-    defaults = c.table(doc.get("defaults"), "defaults", _DEFAULTS_KEYS)
+    defaults = dict(c.table(doc.get("defaults"), "defaults", _DEFAULTS_KEYS))
     for dclass in limits.DCLASSES:
-        c.table(defaults.get(dclass), f"defaults.{dclass}", _CLASS_KEYS)
+        # A [defaults] class that is not a table is reported once, then taken as empty.
+        defaults[dclass] = c.table(defaults.get(dclass), f"defaults.{dclass}", _CLASS_KEYS)
 
     interface = c.string("node.interface", node.get("interface")) or ""
-    if interface and check_interface:
+    if interface and (not INTERFACE_NAME.fullmatch(interface) or ".." in interface):
+        c.fail(
+            "node.interface",
+            "must be an interface name: 1-15 letters, digits, '_', '-' or '.', not starting"
+            f" with '.' or '-', without '..': {_shown(interface)}",
+        )
+        interface = ""
+    elif interface and check_interface:
         try:
             socket.if_nametoindex(interface)
         except OSError:
-            c.fail("node.interface", f"no such network interface: {interface!r}")
-    line_rate = c.convert("node.line_rate", node.get("line_rate", "1gbit"), parse_rate) or 0
-    node_cap = c.convert("node.node_cap", node.get("node_cap", "100mbit"), parse_rate) or 0
+            c.fail("node.interface", f"no such network interface: {_shown(interface)}")
+    line_rate = _node_rate(c, "node.line_rate", node.get("line_rate", "1gbit"))
+    node_cap = _node_rate(c, "node.node_cap", node.get("node_cap", "100mbit"))
     if line_rate and node_cap and node_cap > line_rate:
         c.fail("node.node_cap", f"{node_cap} bit/s is above line_rate {line_rate} bit/s")
-    tick = c.convert("node.tick", node.get("tick", "10s"), parse_duration) or 10
-    if tick < 1:
-        c.fail("node.tick", "must be at least 1s")
-    state_dir = c.string("node.state_dir", node.get("state_dir", "/var/lib/bwbpf")) or ""
-    bpffs = c.string("node.bpffs", node.get("bpffs", "/sys/fs/bpf")) or ""
+    tick = c.convert("node.tick", node.get("tick", "10s"), parse_duration)
+    if tick is not None and not MIN_TICK_S <= tick <= MAX_TICK_S:
+        c.fail("node.tick", f"must be at least {MIN_TICK_S}s and at most {MAX_TICK_S}s")
+        tick = None
+    state_dir = c.abspath("node.state_dir", node.get("state_dir", "/var/lib/bwbpf")) or ""
+    bpffs = c.abspath("node.bpffs", node.get("bpffs", "/sys/fs/bpf")) or ""
 
     policy = quota.get("policy", "smooth")
     if policy not in ("smooth", "average"):
-        c.fail("quota.policy", f"must be 'smooth' or 'average', not {policy!r}")
+        c.fail("quota.policy", f"must be 'smooth' or 'average', not {_shown(policy)}")
     period = _period(c, quota)
+    period_s = _CALENDAR_SECONDS.get(period.kind, period.seconds)
 
-    # After a bad rate (already reported) go on with the default, not with cascades of it.
+    # After a bad value (already reported) go on with the default, not with cascades of it.
     line_rate = line_rate or 10**9
     node_cap = node_cap or min(10**8, line_rate)
+    tick = tick or 10
     max_rates = {"normal": node_cap, "exempt": line_rate}
     base = Path(path).parent
     exempt = _exempt(c, doc.get("exempt"), base)
@@ -576,6 +819,7 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
         max_rates,
         limits.DEFAULT_SLICE_NAME,
         limits.DEFAULT_SLICE_ID,
+        period_s,
     )
     if default_slice is not None:
         default_slice = _check_node_caps(c, default_slice, "default_slice", node_cap, line_rate)
@@ -595,10 +839,14 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
         raw = c.table(raw, key, _SLICE_KEYS)
         name = raw.get("name")
         if not isinstance(name, str) or not SLICE_NAME.fullmatch(name):
-            c.fail(f"{key}.name", f"must be 1-63 of letters, digits, '_', '.', '-': {name!r}")
+            c.fail(
+                f"{key}.name",
+                "must be 1-63 letters, digits, '_', '-' and single dots, starting with a"
+                f" letter or digit, not ending in '.' or '-': {_shown(name)}",
+            )
             name = None
         elif name in names:
-            c.fail(f"{key}.name", f"duplicate slice name {name!r} (also {names[name]})")
+            c.fail(f"{key}.name", f"duplicate slice name {_shown(name)} (also {names[name]})")
         else:
             names[name] = key
         sid = c.integer(f"{key}.id", raw.get("id"), 1, limits.MAX_SLICE_ID)
@@ -610,7 +858,7 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
             c.fail(
                 f"{key}.match", "missing: say how packets are recognised (mark, uid, cgroup or src)"
             )
-        s = _slice(c, key, raw, defaults, max_rates, name or "?", sid or 0)
+        s = _slice(c, key, raw, defaults, max_rates, name or "?", sid or 0, period_s)
         if s is None or name is None or sid is None:
             continue
         if "match" in raw and s.match.empty():
@@ -630,11 +878,35 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
         count = sum(1 for s in slices for p in s.match.src if p.version == family)
         if count > limits.MAX_PREFIXES:
             c.fail("slice", f"{count} IPv{family} source prefixes; at most {limits.MAX_PREFIXES}")
+    for kind in ("marks", "uids", "cgroups"):
+        count = sum(len(getattr(s.match, kind)) for s in slices)
+        if count > limits.MAX_MATCHES:
+            c.fail("slice", f"{count} {kind[:-1]} matches; at most {limits.MAX_MATCHES}")
+    keys = {s.name: f"slice[{i}]" for i, s in enumerate(slices)}
+    _src_overlaps(c, slices, keys)
+    _check_cgroups(c, slices, keys)
 
     notify = _notify(c, doc.get("notify"))
+    if notify is not None:
+        from bwbpf.notify import ADDRESS
+
+        for s in slices:
+            address = notify.slice_address.replace("{slice}", s.name)
+            if len(address) > 254 or not ADDRESS.fullmatch(address):
+                c.fail(
+                    f"{keys[s.name]}.name",
+                    f"makes notify.slice_address {_shown(address)}, not a mail address",
+                )
     metrics = _metrics(c, doc.get("metrics"))
+    if interface and bpffs and state_dir:
+        try:
+            _within(path, "node.interface", os.path.join(bpffs, "bwbpf"), interface)
+            _within(path, "node.interface", state_dir, f"ledger-{interface}.json")
+        except ConfigError as exc:  # pragma: no cover - INTERFACE_NAME already refuses it
+            for problem in exc.problems:
+                c.problems.append(problem)
     if c.problems:
-        raise ConfigError(list(dict.fromkeys(c.problems)))
+        raise ConfigError(c.listed("problems"))
     assert default_slice is not None
     return Config(
         path=path,
@@ -651,17 +923,105 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
         slices=tuple(slices),
         notify=notify,
         metrics=metrics,
-        warnings=tuple(c.warnings),
+        warnings=tuple(c.listed("warnings")),
     )
 
 
-def load(path: str | os.PathLike[str], check_interface: bool = True) -> Config:
-    """Read and validate a config file."""
-    p = str(path)
+def _src_overlaps(c: _Checker, slices: list[Slice], keys: dict[str, str]) -> None:
+    """Warn when one slice's source prefix contains another's: the LPM trie gives a packet
+    to the longest (most specific) prefix, so the wider one does not get those addresses.
+    Each prefix is looked up at the prefix lengths in use, not compared with every other."""
+    owner: dict[tuple[int, int, int], Slice] = {}
+    lengths: dict[int, set[int]] = {4: set(), 6: set()}
+    for s in slices:
+        for net in s.match.src:
+            owner[(net.version, net.prefixlen, int(net.network_address))] = s
+            lengths[net.version].add(net.prefixlen)
+    for s in slices:
+        for net in s.match.src:
+            bits = net.max_prefixlen
+            address = int(net.network_address)
+            for length in sorted(lengths[net.version]):
+                if length >= net.prefixlen:
+                    break
+                mask = ((1 << length) - 1) << (bits - length)
+                wider = owner.get((net.version, length, address & mask))
+                if wider is None or wider is s:
+                    continue
+                outer = ipaddress.ip_network((address & mask, length))
+                c.warn(
+                    f"{keys[s.name]}.match.src",
+                    f"{net} ({s.name}) is inside {outer} of {keys[wider.name]} ({wider.name}):"
+                    f" the longer prefix wins, so traffic from {net} counts to {s.name}",
+                )
+
+
+def cgroup2_mount() -> str | None:
+    """The cgroup v2 mount point from /proc/mounts, as datapath.cgroup2_mount finds it
+    (read here so that validating a config loads nothing of the datapath); None if none."""
     try:
-        text = Path(p).read_text()
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{p}: not UTF-8 text"]) from None
+        with open("/proc/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == "cgroup2":
+                    return fields[1]
+    except OSError:
+        return None
+    return None
+
+
+def _check_cgroups(c: _Checker, slices: list[Slice], keys: dict[str, str]) -> None:
+    """Refuse a cgroup deeper than the classifier walks; warn about one that does not exist
+    (yet): the classifier is filled from the cgroups that exist when the config is installed
+    (up, run, SIGHUP), so until it exists and the config is installed again its traffic
+    counts to the default slice."""
+    if not any(s.match.cgroups for s in slices):
+        return
+    mount = cgroup2_mount()
+    for s in slices:
+        for path in s.match.cgroups:
+            key = f"{keys[s.name]}.match.cgroup"
+            relative = path
+            if mount and (path == mount or path.startswith(mount.rstrip("/") + "/")):
+                relative = "/" + os.path.relpath(path, mount)
+            depth = len([part for part in relative.split("/") if part not in ("", ".")])
+            if len(path) >= 4096 or depth > limits.MAX_CGROUP_DEPTH:
+                c.fail(
+                    key,
+                    f"{_shown(path)} is {depth} levels deep; the classifier walks at most"
+                    f" {limits.MAX_CGROUP_DEPTH}",
+                )
+                continue
+            if mount is None:
+                c.warn(
+                    key,
+                    f"{_shown(path)}: no cgroup v2 hierarchy is mounted;"
+                    " its traffic will go to the default slice",
+                )
+                continue
+            # As datapath.resolve_cgroup reads it: under the mount, or relative to it.
+            full = (
+                path
+                if path == mount or path.startswith(mount.rstrip("/") + "/")
+                else os.path.join(mount, path.lstrip("/"))
+            )
+            if not os.path.isdir(full):
+                c.warn(
+                    key,
+                    f"{path} does not exist yet ({full}): its traffic will go to the default"
+                    f" slice until it exists and the configuration is installed again"
+                    f" (bwbpf up, or SIGHUP to the daemon)",
+                )
+
+
+def load(path: str | os.PathLike[str], check_interface: bool = True) -> Config:
+    """Read and validate a config file: a regular file of at most MAX_FILE_BYTES of UTF-8
+    (a FIFO, device or directory is refused without blocking)."""
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        p = os.fsdecode(p)
+    try:
+        text = read_text_file(p)
+    except _FileProblem as exc:
+        raise ConfigError([f"{p}: {exc}"]) from None
     return parse(text, p, check_interface)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,423 @@ def test_trailing_newline_in_a_name_is_refused() -> None:
     assert problems(BASE.replace('name = "bob"', 'name = "bob\\n"'))[0].startswith(
         "bw.toml: slice[1].name:"
     )
+
+
+# -- hostile values: each refused with one problem naming its key -----------------------------
+
+# BASE again, with dotted keys instead of inline tables, so that any one key can be replaced.
+DOTTED = {
+    "node": [
+        'interface = "lo"',
+        'line_rate = "1gbit"',
+        'node_cap = "100mbit"',
+        'tick = "5s"',
+        'state_dir = "/var/lib/bwbpf"',
+        'bpffs = "/sys/fs/bpf"',
+    ],
+    "quota": ['policy = "smooth"', 'period = "1d"', 'at = "00:00"', 'timezone = "UTC"'],
+    "defaults": ["share = 2", 'normal.limit = "5.4GB"', "normal.threshold = 0.8"],
+    "exempt": ['prefixes = ["192.0.2.0/24"]', "files = []"],
+    "notify": [
+        'smtp = "localhost:25"',
+        "starttls = false",
+        'username = "u"',
+        'password = "p"',
+        'from = "bwbpf@example.org"',
+        'operator = "ops@example.org"',
+        'slice_address = "{slice}@example.org"',
+    ],
+    "metrics": ['listen = "127.0.0.1:9877"', 'textfile = "/var/lib/x.prom"'],
+    "[slice]": [
+        'name = "alice"',
+        "id = 5",
+        "share = 1",
+        "match.mark = 5",
+        'match.src = ["10.0.0.5/32"]',
+        'normal.limit = "10GB"',
+        'exempt.max_rate = "1gbit"',
+    ],
+}
+
+
+def dotted(section: str | None = None, key: str | None = None, value: str | None = None) -> str:
+    """DOTTED as TOML, with ``key`` (and any key below it) of ``section`` set to ``value``."""
+    out = []
+    for name, lines in DOTTED.items():
+        if name == section:
+            lines = [ln for ln in lines if ln.split(" = ")[0].split(".")[0 : key.count(".") + 1]
+                     != key.split(".")]  # fmt: skip
+            lines.append(f"{key} = {value}")
+        out.append(f"[{name}]")
+        out.extend(lines)
+    return "\n".join(out) + "\n"
+
+
+def test_dotted_is_valid() -> None:
+    cfg = config.parse(dotted())
+    assert cfg.slices[0].name == "alice" and cfg.notify is not None and cfg.metrics is not None
+
+
+HOSTILE_TOML = {
+    "true": "true",
+    "nan": "nan",
+    "inf": "-inf",
+    "negative": "-1",
+    "u64-overflow": "99999999999999999999",
+    "nested-array": "[[1]]",
+    "table": "{ a = 1 }",
+    "datetime": "1979-05-27T07:32:00Z",
+    "nul": '"\\u0000"',
+    "huge-text": '"' + "9" * 5000 + '"',
+}
+HOSTILE_KEYS = [
+    ("node", "interface", "node.interface"),
+    ("node", "line_rate", "node.line_rate"),
+    ("node", "node_cap", "node.node_cap"),
+    ("node", "tick", "node.tick"),
+    ("node", "state_dir", "node.state_dir"),
+    ("node", "bpffs", "node.bpffs"),
+    ("quota", "policy", "quota.policy"),
+    ("quota", "period", "quota.period"),
+    ("quota", "at", "quota.at"),
+    ("quota", "timezone", "quota.timezone"),
+    ("quota", "weekday", "quota.weekday"),
+    ("quota", "day", "quota.day"),
+    ("defaults", "share", "defaults.share"),
+    ("defaults", "normal", "defaults.normal"),
+    ("defaults", "normal.limit", "defaults.normal.limit"),
+    ("defaults", "normal.threshold", "defaults.normal.threshold"),
+    ("defaults", "normal.min_rate", "defaults.normal.min_rate"),
+    ("defaults", "normal.max_rate", "defaults.normal.max_rate"),
+    ("defaults", "normal.avg_rate", "defaults.normal.avg_rate"),
+    ("exempt", "prefixes", "exempt.prefixes[0]"),
+    ("exempt", "files", "exempt.files[0]"),
+    ("notify", "smtp", "notify.smtp"),
+    ("notify", "starttls", "notify.starttls"),
+    ("notify", "username", "notify.username"),
+    ("notify", "password", "notify.password"),
+    ("notify", "from", "notify.from"),
+    ("notify", "operator", "notify.operator"),
+    ("notify", "slice_address", "notify.slice_address"),
+    ("metrics", "listen", "metrics.listen"),
+    ("metrics", "textfile", "metrics.textfile"),
+    ("[slice]", "name", "slice[0].name"),
+    ("[slice]", "id", "slice[0].id"),
+    ("[slice]", "share", "slice[0].share"),
+    ("[slice]", "match", "slice[0].match"),
+    ("[slice]", "match.mark", "slice[0].match.mark"),
+    ("[slice]", "match.uid", "slice[0].match.uid"),
+    ("[slice]", "match.cgroup", "slice[0].match.cgroup"),
+    ("[slice]", "match.src", "slice[0].match.src"),
+    ("[slice]", "normal", "slice[0].normal"),
+    ("[slice]", "normal.limit", "slice[0].normal.limit"),
+    ("[slice]", "exempt.max_rate", "slice[0].exempt.max_rate"),
+]
+# The few combinations that are valid after all.
+VALID = {
+    ("notify.starttls", "true"),
+    ("defaults.normal.threshold", "true"),
+    ("notify.username", "huge-text"),
+    ("notify.password", "huge-text"),
+}
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "named", "value"),
+    [
+        pytest.param(section, key, named, value, id=f"{named}={name}")
+        for section, key, named in HOSTILE_KEYS
+        for name, value in HOSTILE_TOML.items()
+        if (named, name) not in VALID
+    ],
+)
+def test_every_wrong_value_names_its_key(section: str, key: str, named: str, value: str) -> None:
+    found = problems(dotted(section, key, value))
+    assert any(p.startswith((f"bw.toml: {named}: ", f"bw.toml: {named}.")) for p in found), found
+    assert all(len(p) < 400 for p in found), found  # named, not echoed
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        pytest.param(
+            ('line_rate = "1gbit"', 'line_rate = "0bit"'), "node.line_rate", id="line-0bit"
+        ),
+        pytest.param(('node_cap = "100mbit"', 'node_cap = "0bit"'), "node.node_cap", id="cap-0bit"),
+        pytest.param(('node_cap = "100mbit"', 'node_cap = "7bit"'), "node.node_cap", id="cap-7bit"),
+        pytest.param(('tick = "5s"', 'tick = "0s"'), "node.tick", id="tick-0s"),
+        pytest.param(('tick = "5s"', 'tick = "500ms"'), "node.tick", id="tick-500ms"),
+        pytest.param(('tick = "5s"', 'tick = "0.5s"'), "node.tick", id="tick-half-second"),
+        pytest.param(('tick = "5s"', 'tick = "2d"'), "node.tick", id="tick-2d"),
+        pytest.param(
+            ('line_rate = "1gbit"', 'line_rate = "1e35bit"'), "node.line_rate", id="rate-1e35"
+        ),
+        pytest.param(
+            ('line_rate = "1gbit"', 'line_rate = "99999999999999999999gbit"'),
+            "node.line_rate",
+            id="rate-20-digits",
+        ),
+        pytest.param(('line_rate = "1gbit"', "line_rate = 1e400"), "node.line_rate", id="rate-inf"),
+        pytest.param(
+            ('limit = "10GB"', 'limit = "9223372036854775808B"'),
+            "slice[0].normal.limit",
+            id="size-2-63",
+        ),
+        pytest.param(('limit = "10GB"', 'limit = "0B"'), "slice[0].normal.limit", id="size-0"),
+        pytest.param(
+            ('period = "1d"', 'period = "366d"\n[default_slice]\nnormal.avg_rate = "3tbit"'),
+            "default_slice.normal.avg_rate",
+            id="avg-rate-times-period-overflows",
+        ),
+        pytest.param(('period = "1d"', 'period = "0s"'), "quota.period", id="period-0s"),
+        pytest.param(('period = "1d"', 'period = "400d"'), "quota.period", id="period-400d"),
+        pytest.param(
+            ('tick = "5s"', 'tick = "5s"\nstate_dir = "var/lib"'), "node.state_dir", id="state-rel"
+        ),
+        pytest.param(('tick = "5s"', 'tick = "5s"\nbpffs = "bpf"'), "node.bpffs", id="bpffs-rel"),
+        pytest.param(
+            ('interface = "lo"', 'interface = "../../victim"'), "node.interface", id="if-dotdot"
+        ),
+        pytest.param(('interface = "lo"', 'interface = "a/b"'), "node.interface", id="if-slash"),
+        pytest.param(('interface = "lo"', 'interface = ".."'), "node.interface", id="if-dots"),
+        pytest.param(
+            ('interface = "lo"', 'interface = "eth0123456789012"'), "node.interface", id="if-16"
+        ),
+        pytest.param(('interface = "lo"', 'interface = "eth 0"'), "node.interface", id="if-space"),
+        pytest.param(('name = "bob"', 'name = "a..b"'), "slice[1].name", id="name-double-dot"),
+        pytest.param(('name = "bob"', 'name = ".a"'), "slice[1].name", id="name-leading-dot"),
+        pytest.param(('name = "bob"', 'name = "a."'), "slice[1].name", id="name-trailing-dot"),
+        pytest.param(('name = "bob"', 'name = "a-"'), "slice[1].name", id="name-trailing-dash"),
+        pytest.param(('name = "bob"', 'name = "-a"'), "slice[1].name", id="name-leading-dash"),
+        pytest.param(('name = "bob"', 'name = "a-.b"'), "slice[1].name", id="name-dash-dot"),
+        pytest.param(('name = "bob"', f'name = "{"a" * 64}"'), "slice[1].name", id="name-64"),
+        pytest.param(('name = "bob"', 'name = "bob@x"'), "slice[1].name", id="name-at"),
+        pytest.param(
+            ('cgroup = "/bob"', 'cgroup = "/bo\\u0000b"'), "slice[1].match.cgroup", id="cgroup-nul"
+        ),
+        pytest.param(
+            ("[exempt]", "[exempt]\nfiles = [5]"), "exempt.files[0]", id="exempt-file-not-string"
+        ),
+        pytest.param(
+            ("[[slice]]", '[notify]\nsmtp = "localhost:\u00b2"\n[[slice]]'),
+            "notify.smtp",
+            id="smtp-port-superscript",
+        ),
+        pytest.param(
+            ("[[slice]]", '[metrics]\nlisten = "localhost:\u0661\u0662"\n[[slice]]'),
+            "metrics.listen",
+            id="listen-port-arabic-digits",
+        ),
+        pytest.param(
+            ("[[slice]]", '[notify]\noperator = "a..b@example.org"\n[[slice]]'),
+            "notify.operator",
+            id="operator-double-dot",
+        ),
+        pytest.param(
+            ("[[slice]]", '[notify]\nslice_address = "{slice}.@example.org"\n[[slice]]'),
+            "notify.slice_address",
+            id="slice-address-trailing-dot",
+        ),
+        pytest.param(
+            ('normal = { limit = "5.4GB", threshold = 0.8 }', "normal = 5"),
+            "defaults.normal",
+            id="defaults-int",
+        ),
+        pytest.param(
+            ("[[slice]]", '[notify]\nsmtp = "' + "h" * 300 + '"\n[[slice]]'),
+            "notify.smtp",
+            id="smtp-host-too-long",
+        ),
+    ],
+)
+def test_hostile_value_is_refused_naming_its_key(edit: tuple[str, str], expected: str) -> None:
+    text = BASE.replace(*edit, 1)
+    assert text != BASE
+    found = problems(text)
+    assert any(p.startswith(f"bw.toml: {expected}: ") for p in found), found
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("a.b", id="single-dot"),
+        pytest.param("a_", id="trailing-underscore"),
+        pytest.param("a-b.c_d", id="mixed"),
+        pytest.param("a" * 63, id="63-chars"),
+    ],
+)
+def test_safe_slice_names_are_accepted(name: str) -> None:
+    cfg = config.parse(BASE.replace('name = "bob"', f'name = "{name}"'))
+    assert cfg.slices[1].name == name
+
+
+def test_slice_names_the_config_accepts_can_be_mailed() -> None:
+    from bwbpf import notify
+
+    text = BASE.replace('name = "bob"', 'name = "b.o_b-1"') + (
+        '[notify]\noperator = "ops@example.org"\nslice_address = "{slice}@example.org"\n'
+    )
+    cfg = config.parse(text)
+    assert cfg.notify is not None
+    for s in cfg.slices:
+        assert notify.recipients(cfg.notify, s.name)[0] == f"{s.name}@example.org"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("a = " + "[" * 100_000, id="deep-arrays"),
+        pytest.param("a = " + "{b = " * 100_000, id="deep-tables"),
+    ],
+)
+def test_deeply_nested_toml(text: str) -> None:
+    assert problems(text, "x.toml") == ["x.toml: not valid TOML: nested too deeply"]
+
+
+def test_toml_integer_too_long_to_convert() -> None:
+    found = problems("a = " + "9" * 5000, "x.toml")
+    assert len(found) == 1 and found[0].startswith("x.toml: not valid TOML: ")
+
+
+def test_pin_dir_never_leaves_bpffs() -> None:
+    cfg = config.parse(BASE)
+    bad = config.Config(**{**cfg.__dict__, "interface": "../../victim"})
+    with pytest.raises(ConfigError, match=r"node\.interface"):
+        _ = bad.pin_dir
+
+
+def test_problems_are_capped() -> None:
+    many = "\n".join(
+        f'[[slice]]\nname = "s{i}"\nid = {i + 1}\nmatch = {{ mark = {i + 1} }}\nshare = 0'
+        for i in range(500)
+    )
+    found = problems('[node]\ninterface = "lo"\n' + many)
+    assert len(found) == config.MAX_PROBLEMS + 1
+    assert found[-1] == "bw.toml: ... and 400 more problems"
+
+
+# -- files the config names -----------------------------------------------------------------
+
+
+def exempt_problems(tmp_path: Path, name: str) -> list[str]:
+    (tmp_path / "bw.toml").write_text(
+        BASE.replace("[exempt]", f'[exempt]\nfiles = ["{name}"]'), encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path / "bw.toml")
+    return info.value.problems
+
+
+def test_binary_exempt_file(tmp_path: Path) -> None:
+    (tmp_path / "bin").write_bytes(b"\x7fELF\x02\x01\x01\xff\xfe\x00")
+    assert exempt_problems(tmp_path, "bin") == [
+        f"{tmp_path}/bw.toml: exempt.files[0]: {tmp_path}/bin: not UTF-8 text (at byte 7)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(lambda p: os.mkfifo(p), "is a FIFO, not a regular file", id="fifo"),
+        pytest.param(lambda p: p.mkdir(), "is a directory, not a regular file", id="directory"),
+        pytest.param(
+            lambda p: p.symlink_to("/dev/zero"),
+            "is a character device, not a regular file",
+            id="device",
+        ),
+        pytest.param(
+            lambda p: p.symlink_to(p.parent / "nowhere"),
+            "cannot read: No such file or directory",
+            id="dangling-link",
+        ),
+    ],
+)
+def test_exempt_file_that_is_not_a_regular_file(tmp_path: Path, make, message: str) -> None:
+    make(tmp_path / "special")
+    assert exempt_problems(tmp_path, "special") == [
+        f"{tmp_path}/bw.toml: exempt.files[0]: {tmp_path}/special: {message}"
+    ]
+
+
+def test_huge_exempt_file_is_not_read(tmp_path: Path) -> None:
+    with open(tmp_path / "huge", "wb") as f:
+        f.truncate(config.MAX_FILE_BYTES + 1)  # sparse: costs no disk
+    found = exempt_problems(tmp_path, "huge")
+    assert found == [
+        f"{tmp_path}/bw.toml: exempt.files[0]: {tmp_path}/huge: is {config.MAX_FILE_BYTES + 1}"
+        f" bytes; at most {config.MAX_FILE_BYTES} are read"
+    ]
+
+
+def test_a_million_bad_prefixes_are_summed_up(tmp_path: Path) -> None:
+    (tmp_path / "bad").write_text("".join(f"bad{i}\n" for i in range(1_000_000)))
+    found = exempt_problems(tmp_path, "bad")
+    assert len(found) == config.MAX_FILE_PROBLEMS + 1
+    assert found[0].startswith(f"{tmp_path}/bw.toml: exempt.files[0] ({tmp_path}/bad:1): ")
+    assert found[-1] == (
+        f"{tmp_path}/bw.toml: exempt.files[0]: ... and"
+        f" {1_000_000 - config.MAX_FILE_PROBLEMS} more problems in {tmp_path}/bad"
+    )
+
+
+def test_too_many_exempt_prefixes_in_a_file(tmp_path: Path) -> None:
+    n = config.limits.MAX_PREFIXES + 10
+    (tmp_path / "many").write_text("".join(f"10.{i >> 8}.{i & 255}.0/24\n" for i in range(n)))
+    found = exempt_problems(tmp_path, "many")
+    assert found == [f"{tmp_path}/bw.toml: exempt: {n + 1} IPv4 prefixes; at most 16384"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(lambda p: os.mkfifo(p), "is a FIFO, not a regular file", id="fifo"),
+        pytest.param(lambda p: p.mkdir(), "is a directory, not a regular file", id="directory"),
+        pytest.param(
+            lambda p: p.write_bytes(b"\xff\xfe[node]"), "not UTF-8 text (at byte 0)", id="binary"
+        ),
+    ],
+)
+def test_config_file_that_cannot_be_used(tmp_path: Path, make, message: str) -> None:
+    make(tmp_path / "bw.toml")
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path / "bw.toml")
+    assert info.value.problems == [f"{tmp_path}/bw.toml: {message}"]
+
+
+# -- warnings: valid, but surprising ----------------------------------------------------------
+
+
+def test_overlapping_source_prefixes_warn_which_slice_wins() -> None:
+    text = BASE.replace("match = { mark = 5 }", 'match = { mark = 5, src = ["10.0.0.0/8"] }')
+    cfg = config.parse(text, "bw.toml")
+    assert [w for w in cfg.warnings if "match.src" in w] == [
+        "bw.toml: slice[1].match.src: 10.0.0.5/32 (bob) is inside 10.0.0.0/8 of slice[0]"
+        " (alice): the longer prefix wins, so traffic from 10.0.0.5/32 counts to bob"
+    ]
+
+
+def test_disjoint_source_prefixes_do_not_warn() -> None:
+    text = BASE.replace("match = { mark = 5 }", 'match = { mark = 5, src = ["10.1.0.0/16"] }')
+    assert not [w for w in config.parse(text).warnings if "match.src" in w]
+
+
+def test_missing_cgroup_warns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "present").mkdir()
+    monkeypatch.setattr(config, "cgroup2_mount", lambda: str(tmp_path))
+    text = BASE.replace('cgroup = "/bob"', 'cgroup = ["/present", "/absent"]')
+    cfg = config.parse(text, "bw.toml")
+    found = [w for w in cfg.warnings if "cgroup" in w]
+    assert len(found) == 1, found
+    assert found[0].startswith(
+        f"bw.toml: slice[1].match.cgroup: /absent does not exist yet ({tmp_path}/absent):"
+        " its traffic will go to the default slice"
+    )
+
+
+def test_cgroup_deeper_than_the_classifier_walks_is_refused() -> None:
+    deep = "/" + "/".join(["x"] * (config.limits.MAX_CGROUP_DEPTH + 1))
+    found = problems(BASE.replace('cgroup = "/bob"', f'cgroup = "{deep}"'))
+    assert [p for p in found if "cgroup" in p] == [
+        f"bw.toml: slice[1].match.cgroup: '{deep}' is 17 levels deep; the classifier walks"
+        " at most 16"
+    ]

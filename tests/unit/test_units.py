@@ -77,3 +77,46 @@ def test_formatting() -> None:
     assert format_duration(86400) == "1 day"
     assert format_duration(5400) == "1.5 hours"
     assert format_duration(30) == "30 seconds"
+
+
+@pytest.mark.parametrize(
+    ("parse", "value", "fragment"),
+    [
+        pytest.param(
+            parse_rate, "99999999999999999999gbit", "above the largest rate", id="rate-huge"
+        ),
+        pytest.param(parse_rate, "100.000001tbit", "above the largest rate", id="rate-just-above"),
+        pytest.param(parse_rate, "1e35bit", "is not a rate", id="rate-exponent"),
+        pytest.param(parse_rate, "inf", "is not a rate", id="rate-inf"),
+        pytest.param(parse_rate, "nan bit", "is not a rate", id="rate-nan"),
+        pytest.param(parse_rate, float("inf"), "must be a string", id="rate-float-inf"),
+        pytest.param(parse_rate, float("nan"), "must be a string", id="rate-float-nan"),
+        pytest.param(parse_rate, "-8bit", "is not a rate", id="rate-negative"),
+        pytest.param(parse_rate, ["8bit"], "must be a string", id="rate-array"),
+        pytest.param(parse_rate, "9" * 100 + "bit", "too long", id="rate-long-text"),
+        pytest.param(parse_size, "9223372036854775808B", "above the largest size", id="size-2-63"),
+        pytest.param(parse_size, "1e400GB", "is not a size", id="size-1e400"),
+        pytest.param(parse_size, 10**30, "must be a string", id="size-int"),
+        pytest.param(parse_duration, "0.5s", "not a whole number of seconds", id="duration-half"),
+        pytest.param(parse_duration, "500ms", "unknown duration unit 'ms'", id="duration-ms"),
+        pytest.param(parse_duration, "367d", "above the largest duration", id="duration-367d"),
+        pytest.param(parse_duration, "1e9d", "is not a duration", id="duration-exponent"),
+    ],
+)
+def test_hostile_values_are_refused(parse, value: object, fragment: str) -> None:
+    with pytest.raises(UnitError, match=fragment) as info:
+        parse(value)
+    assert len(str(info.value)) < 200  # the value is named, not echoed at length
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "value"),
+    [
+        pytest.param(parse_rate, "100tbit", 10**14, id="largest-rate"),
+        pytest.param(parse_size, "9223372036854775807B", 2**63 - 1, id="largest-size"),
+        pytest.param(parse_duration, "366d", 366 * 86400, id="largest-duration"),
+        pytest.param(parse_duration, "0.5m", 30, id="half-minute-is-whole-seconds"),
+    ],
+)
+def test_the_largest_values_are_accepted(parse, text: str, value: int) -> None:
+    assert parse(text) == value
