@@ -8,7 +8,7 @@ ARGS    ?=
 PYTEST  := $(PY) -m pytest $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup host venv test test-unit test-bpf test-integration lint fix bench demo clean
+.PHONY: help setup host venv test test-unit test-bpf test-integration test-faults lint fix bench demo clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,8 +27,8 @@ venv: $(VENV)/.done ## the virtual environment (sees Debian's bcc)
 
 setup: host venv ## everything the tests and the demo need
 
-test: setup lint ## set up, lint, then run every tier: unit, bpf, integration
-	$(PYTEST) tests/unit tests/bpf tests/integration
+test: setup lint ## set up, lint, then run every tier: unit, bpf, integration, faults
+	$(PYTEST) tests/unit tests/bpf tests/integration tests/faults
 
 test-unit: venv ## pure logic; no root needed
 	$(PYTEST) tests/unit
@@ -38,6 +38,9 @@ test-bpf: setup ## load the programs, feed packets through BPF_PROG_TEST_RUN (ro
 
 test-integration: setup ## namespaces, veths, real traffic, real HTB (root)
 	$(PYTEST) tests/integration
+
+test-faults: setup ## a real daemon under faults: signal storms, broken reloads, full disks (root)
+	$(PYTEST) tests/faults
 
 lint: venv ## ruff check and format check; C with -Wall -Werror via the bpf tier
 	$(VENV)/bin/ruff check bwbpf tests bench vm

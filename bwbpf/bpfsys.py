@@ -106,6 +106,16 @@ class MapInfo(ctypes.Structure):
     ]
 
 
+class ProgInfo(ctypes.Structure):
+    """The head of struct bpf_prog_info: its type, id and tag."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+    ]
+
+
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
     nr = _SYS_BPF.get(platform.machine())
     if nr is None:
@@ -144,6 +154,13 @@ def obj_pin(fd: int, path: str) -> None:
 
 def map_info(fd: int) -> MapInfo:
     info = MapInfo()
+    attr = _InfoByFd(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return info
+
+
+def prog_info(fd: int) -> ProgInfo:
+    info = ProgInfo()
     attr = _InfoByFd(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
     return info

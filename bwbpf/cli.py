@@ -164,13 +164,22 @@ def up(config_path: str) -> None:
 def down(config_path: str) -> None:
     """Remove everything bwbpf installed on the interface (qdisc, classes, filter, pins).
 
+    Refused while a daemon runs on the interface: it would put the tree back with empty
+    maps, and the period's counts would be lost. Stop the daemon first.
+
     \b
     Example:
-      bwbpf down -c /etc/bwbpf/bwbpf.toml
+      systemctl stop bwbpf && bwbpf down -c /etc/bwbpf/bwbpf.toml
     """
-    from bwbpf import node
+    from bwbpf import lifecycle, node
 
     cfg = config.load(config_path, check_interface=False)
+    holder = lifecycle.lock_holder(lifecycle.lock_path(cfg.state_dir, cfg.interface))
+    if holder is not None:
+        raise Error(
+            f"a bwbpf daemon (pid {holder or '?'}) is running on {cfg.interface}: stop it"
+            " first (systemctl stop bwbpf, or kill -TERM it); nothing was removed"
+        )
     removed = node.down(cfg)
     if not removed:
         click.echo(f"{cfg.interface}: nothing of bwbpf's was installed")

@@ -7,17 +7,16 @@ only sequences them with the kernel, the clock, the disk and the mail server.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import queue
 import signal
 import socket
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from bwbpf import config, datapath, metrics, node, notify, periods, policy, state, status
+from bwbpf import config, datapath, lifecycle, metrics, node, notify, periods, policy, state, status
+from bwbpf.clock import AccountingClock, describe_offset
 from bwbpf.config import Config
 from bwbpf.errors import ConfigError, Error
 from bwbpf.ledger import Ledger, Reading
@@ -186,26 +185,42 @@ class Daemon:
     """One interface's quota daemon. ``start()``, then ``tick(now)`` as often as wanted,
     then ``stop()``; or ``run()`` for all of it with signals."""
 
-    def __init__(self, cfg: Config, dry_run: bool = False) -> None:
+    def __init__(
+        self, cfg: Config, dry_run: bool = False, clock: AccountingClock | None = None
+    ) -> None:
         self.cfg = cfg
         self.dry_run = dry_run
+        # Tick times: the wall clock at start, then elapsed time only (bwbpf/clock.py).
+        self.clock = clock or AccountingClock()
+        self._started = False
+        self._jump_logged: float | None = None
         self.ledger = Ledger()
         self.state_path = state.state_file(cfg.state_dir, cfg.interface)
-        self.lock_path = os.path.join(cfg.state_dir, f"{cfg.interface}.lock")
+        self.lock_path = lifecycle.lock_path(cfg.state_dir, cfg.interface)
         self.hostname = socket.gethostname()
         # Problems that hold until the daemon restarts (an unusable state file).
         self.lasting_problems: list[str] = []
         self.tick_problems: list[str] = []
+        # The last reload's failure, shown in stat until a reload succeeds.
+        self.reload_problems: list[str] = []
         self.decisions: Decisions = {}
-        self.signals: queue.Queue[int] = queue.Queue()
+        self.signals = lifecycle.SignalPipe()
         self._lock: int | None = None
         self._counters: datapath.Counters | None = None
+        # The attached classifier, kept for its match maps and for restores without a
+        # compile; released when a new one replaces it (node.up).
+        self._program: datapath.Program | None = None
+        self.watch = node.Watch()
+        # Bytes the device sent while bwbpf's classifier was found missing (node.Watch).
+        self.uncounted_bytes = 0
         self.exporter = metrics.Exporter(cfg.interface)
 
     # -- start and stop -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Take the interface's lock, load the state, install the tree and classifier."""
+        """Check the state directory can be written, take the interface's lock, load the
+        state, install the tree and classifier."""
+        lifecycle.probe_state_dir(self.cfg.state_dir)
         self._take_lock()
         for warning in self.cfg.warnings:
             log.warning("%s", warning)
@@ -213,6 +228,10 @@ class Daemon:
         if problem:
             log.error("%s", problem)
             self.lasting_problems.append(problem)
+        self.clock.start(self.ledger.last_read_at())
+        self._started = True
+        if self.clock.start_note:
+            log.warning("%s: %s", self.cfg.interface, self.clock.start_note)
         if self.dry_run:
             log.info("dry run: no HTB class will change and no mail will be sent")
         else:
@@ -224,35 +243,40 @@ class Daemon:
         try:
             # Without the lock the state file is another daemon's: never write it.
             if self._lock is not None:
-                state.save_state(self.state_path, self.cfg.interface, self.ledger)
+                now = self.clock.now() if self._started else None
+                state.save_state(self.state_path, self.cfg.interface, self.ledger, now)
         finally:
             self.exporter.close()
             if self._counters is not None:
                 self._counters.close()
                 self._counters = None
+            if self._program is not None:
+                self._program.close()  # it stays attached
+                self._program = None
             if self._lock is not None:
                 os.close(self._lock)
                 self._lock = None
 
     def _take_lock(self) -> None:
-        os.makedirs(self.cfg.state_dir, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            os.makedirs(self.cfg.state_dir, exist_ok=True)
+        except OSError as exc:
             raise Error(
-                f"another bwbpf daemon is already running on {self.cfg.interface}"
-                f" (it holds {self.lock_path})"
+                f"state directory {self.cfg.state_dir} cannot be created: {exc.strerror or exc}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock = fd
+        self._lock = lifecycle.take_lock(self.lock_path, self.cfg.interface)
 
     def _install(self, ceils: Mapping[tuple[int, int], int]) -> None:
         """node.up: tree, classifier, match maps; removes classes of unconfigured slices."""
+        if self._counters is not None:
+            # Pins removed under us: pin the maps we hold again before node.up, which would
+            # otherwise make new ones (and count from zero).
+            self._counters.repin()
         pinned = os.path.exists(os.path.join(self.cfg.pin_dir, "counters"))
-        report = node.up(self.cfg, ceils)
+        # The kept program is attached again when its maps still fit (no compile), else
+        # replaced and released: fds and memory stay flat across reloads.
+        report = node.up(self.cfg, ceils, current=self._program, keep=True)
+        self._program = report.program
         if not pinned:
             # New maps count from zero: every reading is new traffic, even for slices the
             # state file has a baseline for (a reboot, `bwbpf down`).
@@ -286,22 +310,19 @@ class Daemon:
         cfg = self.cfg
         started = time.monotonic()
         self.tick_problems = []
-        if self._counters is None:
-            self._reopen_counters()
-        assert self._counters is not None
-        raw = self._counters.read(s.id for s in cfg.all_slices())
-        self.ledger.update(
-            now,
-            readings(cfg, raw),
-            lambda _name, start: periods.current_period(cfg.period, now, start),
-        )
+        self._note_clock()
+        if not self.dry_run and self._program is not None and self._counters is not None:
+            # Before reading: pins, qdisc or classifier removed under us are back first.
+            self._guard(self._watch_datapath)
+        # Counters that cannot be read: the usage stays as it was, and the policy still runs.
+        self._guard(self._account, now)
         decisions = decide_all(cfg, self.ledger, now)
         self.decisions = decisions
         if not self.dry_run:
             self._guard(self._shape, decisions)
         self._guard(self._save, now)
         if not self.dry_run:
-            self._notify(decisions, now)
+            self._guard(self._notify, decisions, now)
         # Metrics before status: a textfile that cannot be written shows in `bwbpf stat`.
         self._guard(self._export, now, decisions, time.monotonic() - started)
         self._guard(self._publish, now, decisions)
@@ -312,13 +333,53 @@ class Daemon:
         )
         return decisions
 
+    def _account(self, now: float) -> None:
+        cfg = self.cfg
+        if self._counters is None:
+            self._reopen_counters()
+        assert self._counters is not None
+        raw = self._counters.read(s.id for s in cfg.all_slices())
+        self.ledger.update(
+            now,
+            readings(cfg, raw),
+            lambda _name, start: periods.current_period(cfg.period, now, start),
+        )
+
+    def _watch_datapath(self) -> None:
+        """Restore within this tick what someone removed (pins, root qdisc, classifier),
+        follow configured cgroups that appeared or were made again, and report the bytes
+        that passed uncounted while the classifier was missing."""
+        assert self._counters is not None and self._program is not None
+        missing = self.watch.check(self.cfg, self._counters, self._program)
+        lost = [m for m in missing if m != "pins"]  # pins gone: counting went on
+        if lost:
+            log.warning("%s: bwbpf's %s missing; restoring", self.cfg.interface, " and ".join(lost))
+            self._install(recorded_ceilings(self.cfg, self.ledger))
+        assert self._counters is not None and self._program is not None
+        self.watch.refresh_cgroups(self.cfg, self._program)
+        gap = self.watch.account(self.cfg, self._counters, bool(lost))
+        self.uncounted_bytes = self.watch.uncounted_bytes
+        if lost:
+            problem = (
+                f"{self.cfg.interface}: the {' and '.join(lost)} was missing;"
+                f" {gap} bytes passed uncounted ({self.uncounted_bytes} since start)"
+            )
+            log.warning("%s", problem)
+            self.tick_problems.append(problem)
+
     def _guard(self, step: Any, *args: Any) -> None:
-        """Run one step; a bwbpf.Error is logged and shown in stat, and the tick goes on."""
+        """Run one step; a bwbpf.Error, or any unexpected exception, is logged as one line
+        and shown in stat, and the tick goes on. A problem already seen this tick (a full
+        disk at every save) is not logged again."""
         try:
             step(*args)
-        except Error as exc:
-            log.error("%s", exc)
-            self.tick_problems.append(str(exc))
+        except Exception as exc:
+            problem = lifecycle.one_line(exc)
+            if not isinstance(exc, Error):
+                problem = f"{getattr(step, '__name__', 'step').lstrip('_')}: {problem}"
+            if problem not in self.tick_problems:
+                log.error("%s", problem)
+                self.tick_problems.append(problem)
 
     def _shape(self, decisions: Decisions) -> None:
         from bwbpf.shaper import Shaper
@@ -371,13 +432,34 @@ class Daemon:
             # Record it at once: a crash before the next tick must not mail twice.
             self._guard(self._save, now)
 
+    def _note_clock(self) -> None:
+        """A wall clock jump is shown in stat every tick it lasts and logged once."""
+        if not self.clock.jumped:
+            if self._jump_logged is not None:
+                log.info("%s: the wall clock agrees with accounting again", self.cfg.interface)
+            self._jump_logged = None
+            return
+        problem = describe_offset(self.clock.offset_s)
+        self.tick_problems.append(problem)
+        if self._jump_logged is None or abs(self.clock.offset_s - self._jump_logged) > 60:
+            log.warning("%s: %s", self.cfg.interface, problem)
+            self._jump_logged = self.clock.offset_s
+
     def _publish(self, now: float, decisions: Decisions) -> None:
         status.write(
             self.cfg,
             pid=os.getpid(),
             last_tick=now,
-            problems=self.lasting_problems + self.exporter.problems + self.tick_problems,
+            problems=self._problems(),
             slices=status_slices(self.cfg, self.ledger, decisions),
+        )
+
+    def _problems(self) -> list[str]:
+        return (
+            self.lasting_problems
+            + self.reload_problems
+            + self.exporter.problems
+            + self.tick_problems
         )
 
     def _serve_metrics(self) -> None:
@@ -396,7 +478,7 @@ class Daemon:
             errors = self._counters.errors()
         except OSError as exc:
             raise Error(f"cannot read the datapath error counters: {exc.strerror}") from None
-        problems = self.lasting_problems + self.exporter.problems + self.tick_problems
+        problems = self._problems()
         snap = metrics.snapshot(
             self.cfg,
             self.ledger,
@@ -411,24 +493,35 @@ class Daemon:
     # -- reload and the loop --------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Read the config file again; keep the old one if the new one is not usable."""
+        """Read the config file again; keep the old one if the new one is not usable.
+
+        Never raises: whatever goes wrong (an invalid file, any unexpected exception, an
+        install failing half-way) is logged as one line and shown in stat until a reload
+        succeeds, and the configuration in use stays in force.
+        """
+        old = self.cfg
         try:
-            new = config.load(self.cfg.path)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("reload: %s", problem)
-            log.error("reload: keeping the configuration in use")
+            self._reload()
+        except Exception as exc:
+            adopted, self.cfg = self.cfg is not old, old
+            why = "; ".join(exc.problems) if isinstance(exc, ConfigError) else None
+            problem = f"reload: keeping the configuration in use: {why or lifecycle.one_line(exc)}"
+            log.error("%s", problem)
+            self.reload_problems = [problem]
+            if adopted:
+                self._restore()
             return False
+        self.reload_problems = []
+        return True
+
+    def _reload(self) -> None:
+        new = config.load(self.cfg.path)
         for key in ("interface", "state_dir", "bpffs_dir"):
             if getattr(new, key) != getattr(self.cfg, key):
-                log.error(
-                    "reload: %s changed from %r to %r, which needs a restart;"
-                    " keeping the configuration in use",
-                    key,
-                    getattr(self.cfg, key),
-                    getattr(new, key),
+                raise Error(
+                    f"{key} changed from {getattr(self.cfg, key)!r} to {getattr(new, key)!r},"
+                    " which needs a restart"
                 )
-                return False
         for warning in new.warnings:
             log.warning("%s", warning)
         self.cfg = new
@@ -437,19 +530,33 @@ class Daemon:
             self._install(recorded_ceilings(new, self.ledger))
         self._serve_metrics()  # a changed [metrics] listen takes effect now
         log.info("reloaded %s: %d slices", new.path, len(new.slices))
-        return True
 
-    def _handle_signal(self, signum: int, _frame: object) -> None:
-        # Only enqueue: the loop does the work, outside the signal handler (STYLE.md #9).
-        self.signals.put(signum)
+    def _restore(self) -> None:
+        """After a reload failed half-way: the configuration in use, installed again."""
+        try:
+            if not self.dry_run:
+                self._install(recorded_ceilings(self.cfg, self.ledger))
+            self._serve_metrics()
+        except Exception as exc:
+            problem = f"reload: restoring the configuration in use: {lifecycle.one_line(exc)}"
+            log.error("%s", problem)
+            self.reload_problems.append(problem)
 
     def run(self, once: bool = False) -> None:
-        """Start, tick every ``tick_s`` until SIGTERM or SIGINT, stop. HUP reloads."""
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle_signal)
+        """Start, tick every ``tick_s`` until SIGTERM or SIGINT, stop. HUP reloads (several
+        pending HUPs are one reload). An unexpected exception at start is one line
+        (``bwbpf.Error``); after that, nothing but a signal ends the loop."""
+        self.signals.install((signal.SIGHUP, signal.SIGTERM, signal.SIGINT))
         try:
-            self.start()
-            self.tick(time.time())
+            try:
+                self.start()
+            except Error:
+                raise
+            except Exception as exc:
+                raise Error(
+                    f"cannot start on {self.cfg.interface}: {lifecycle.one_line(exc)}"
+                ) from exc
+            self.tick(self.clock.now())
             if once:
                 return
             sd_notify("READY=1")
@@ -462,20 +569,26 @@ class Daemon:
             )
             next_tick = time.monotonic() + self.cfg.tick_s
             while True:
-                try:
-                    signum = self.signals.get(timeout=max(0.0, next_tick - time.monotonic()))
-                except queue.Empty:
-                    self.tick(time.time())
-                    # Never a burst of catch-up ticks after a stall (a suspend, a slow mail).
-                    next_tick = max(next_tick + self.cfg.tick_s, time.monotonic())
-                    continue
-                if signum == signal.SIGHUP:
-                    sd_notify("RELOADING=1")
-                    self._guard(self.reload)
-                    sd_notify("READY=1")
-                else:
-                    log.info("%s: saving state and exiting", signal.Signals(signum).name)
+                arrived = self.signals.wait(next_tick - time.monotonic())
+                stopping = [s for s in arrived if s != signal.SIGHUP]
+                if stopping:
+                    log.info("%s: saving state and exiting", signal.Signals(stopping[0]).name)
                     sd_notify("STOPPING=1")
                     return
+                if arrived:
+                    sd_notify("RELOADING=1")
+                    self.reload()
+                    sd_notify("READY=1")
+                # Due even while signals keep coming: a HUP storm never starves the ticks.
+                if time.monotonic() >= next_tick:
+                    try:
+                        self.tick(self.clock.now())
+                    except Exception as exc:  # each step is guarded; this is the last resort
+                        log.error("tick: %s", lifecycle.one_line(exc))
+                    # Never a burst of catch-up ticks after a stall (a suspend, a slow mail).
+                    next_tick = max(next_tick + self.cfg.tick_s, time.monotonic())
         finally:
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                self.signals.close()

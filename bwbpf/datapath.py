@@ -10,6 +10,7 @@ moment when packets go unclassified or half-configured.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import errno
@@ -18,8 +19,9 @@ import logging
 import operator
 import os
 import socket
+import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -46,6 +48,9 @@ PINNED_MAPS = {
     "errors": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(limits.ERROR_REASONS)),
 }
 PROGRAM_PIN = "prog"
+BPF_FS_MAGIC = 0xCAFE4A11  # include/uapi/linux/magic.h
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def bpf_source_dir() -> Path:
@@ -119,30 +124,50 @@ class MatchTables:
     problems: tuple[str, ...]
 
 
+def cgroup_matches(
+    cfg: Config, resolve: Any = None
+) -> tuple[dict[int, int], int, dict[tuple[str, str], str]]:
+    """The cgroup match map's contents for a config: ({cgroup id: slice id}, the level
+    bits of ``settings.cgroup_levels``, {(slice, path): why} for paths that do not resolve).
+
+    One os.stat per configured path, cheap enough for every tick: a cgroup made after
+    ``up`` or recreated (a new inode, so a new id) is picked up without a reload."""
+    cgroups: dict[int, int] = {}
+    levels = 0
+    missing: dict[tuple[str, str], str] = {}
+    mount: str | None = None
+    for s in cfg.slices:
+        for path in s.match.cgroups:
+            try:
+                if resolve is None:
+                    mount = mount or cgroup2_mount()
+                    ref = resolve_cgroup(path, mount)
+                else:
+                    ref = resolve(path)
+            except Error as exc:
+                missing[(s.name, path)] = f"slice {s.name}: {exc}"
+                continue
+            cgroups[ref.id] = s.id
+            levels |= 1 << ref.level
+    return cgroups, levels, missing
+
+
 def match_tables(cfg: Config, resolve: Any = None, no_l2: bool = False) -> MatchTables:
     """Flags and map contents for a config. ``resolve`` maps a cgroup path to a CgroupRef;
     a cgroup that cannot be resolved is left out and reported in ``problems``."""
     marks: dict[int, int] = {}
     uids: dict[int, int] = {}
-    cgroups: dict[int, int] = {}
     src: dict[Network, int] = {}
     problems: list[str] = []
-    levels = 0
     for s in cfg.slices:
         for mark in s.match.marks:
             marks[mark] = s.id
         for uid in s.match.uids:
             uids[uid] = s.id
-        for path in s.match.cgroups:
-            try:
-                ref = resolve(path) if resolve else resolve_cgroup(path, cgroup2_mount())
-            except Error as exc:
-                problems.append(f"slice {s.name}: {exc}")
-                continue
-            cgroups[ref.id] = s.id
-            levels |= 1 << ref.level
         for net in s.match.src:
             src[net] = s.id
+    cgroups, levels, missing = cgroup_matches(cfg, resolve)
+    problems.extend(missing.values())
     flags = 0
     flags |= layout.F_MARK if marks else 0
     flags |= layout.F_UID if uids else 0
@@ -225,16 +250,128 @@ def populate(bpf: Any, tables: MatchTables) -> None:
         table[_lpm(net)] = ctypes.c_uint32(1)
 
 
+def tables_for(cfg: Config) -> MatchTables:
+    """What a program for cfg would hold: compare with ``Program.tables`` to know whether a
+    new one must be compiled."""
+    interface_index(cfg.interface)  # a clear error before a 0.3 s compile
+    return match_tables(cfg, no_l2=not _has_l2(cfg.interface))
+
+
 def load(cfg: Config, extra_cflags: Iterable[str] = ()) -> tuple[Any, int, MatchTables]:
     """Compile and fill a program for cfg: (bcc object, program fd, what went in)."""
     from bcc import BPF
 
-    interface_index(cfg.interface)  # a clear error before a 0.3 s compile
-    tables = match_tables(cfg, no_l2=not _has_l2(cfg.interface))
+    tables = tables_for(cfg)
+    ensure_bpffs(cfg.bpffs_dir)
     bpf = compile_program(cfg.pin_dir, extra_cflags)
     populate(bpf, tables)
     fn = bpf.load_func(PROGRAM_NAME, BPF.SCHED_CLS)
     return bpf, fn.fd, tables
+
+
+def release(bpf: Any) -> None:
+    """Close a bcc object's fds (program, maps, BTF) and free its LLVM module now.
+
+    bcc registers ``atexit(self.cleanup)`` for every BPF object, so one dropped by its
+    caller is never collected: each load kept ~14 fds and ~1.6 MB until the process
+    exited. An attached program stays attached (the tc filter holds its own reference),
+    and pinned maps stay pinned."""
+    bpf.cleanup()
+    atexit.unregister(bpf.cleanup)
+    # LLVM's allocations only go back to the kernel with malloc_trim (glibc).
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+class Program:
+    """A loaded classifier that its loader keeps: the bcc object (for its match maps), the
+    program fd, and what the match maps hold now."""
+
+    def __init__(self, bpf: Any, fd: int, tables: MatchTables) -> None:
+        self.bpf = bpf
+        self.fd = fd
+        self.tables = tables
+        self.id = bpfsys.prog_info(fd).id
+
+    @classmethod
+    def load(cls, cfg: Config) -> Program:
+        bpf, fd, tables = load(cfg)
+        return cls(bpf, fd, tables)
+
+    def repin(self, pin_dir: str) -> bool:
+        """Pin the program again if its pin is gone or names another; True if it did."""
+        path = os.path.join(pin_dir, PROGRAM_PIN)
+        try:
+            fd = bpfsys.obj_get(path)
+        except FileNotFoundError:
+            fd = None
+        if fd is not None:
+            try:
+                if bpfsys.prog_info(fd).id == self.id:
+                    return False
+            finally:
+                os.close(fd)
+            os.unlink(path)
+        bpfsys.obj_pin(self.fd, path)
+        return True
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            release(self.bpf)
+            self.bpf = None
+
+    def set_cgroups(self, cgroups: dict[int, int], levels: int) -> None:
+        """Bring the cgroup match map to ``cgroups`` in place, on the live program.
+
+        New and changed ids first, then the settings, then removals: a packet sees either
+        the old or the new slice of its cgroup, never none of a cgroup that is in both."""
+        if cgroups == self.tables.cgroups and levels == self.tables.cgroup_levels:
+            return
+        assert self.bpf is not None
+        table = self.bpf["slice_by_cgroup"]
+        for cgroup_id, slice_id in cgroups.items():
+            if self.tables.cgroups.get(cgroup_id) != slice_id:
+                table[ctypes.c_uint64(cgroup_id)] = ctypes.c_uint32(slice_id)
+        flags = (self.tables.flags & ~layout.F_CGROUP) | (layout.F_CGROUP if cgroups else 0)
+        settings = self.bpf["settings"]
+        leaf = settings.Leaf()
+        leaf.flags = flags
+        leaf.cgroup_levels = levels
+        settings[ctypes.c_int(0)] = leaf
+        for cgroup_id in self.tables.cgroups.keys() - cgroups.keys():
+            with contextlib.suppress(KeyError):
+                del table[ctypes.c_uint64(cgroup_id)]
+        self.tables = replace(self.tables, flags=flags, cgroup_levels=levels, cgroups=cgroups)
+
+
+def is_bpffs(path: str) -> bool:
+    """Whether path is in a bpffs (statfs f_type BPF_FS_MAGIC): its root or a directory
+    made in it, as the configured bpffs may be."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        return False
+    f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    return f_type == BPF_FS_MAGIC
+
+
+def ensure_bpffs(path: str) -> None:
+    """Mount a bpffs at path when it is not in one, as tc and Cilium do: ``ip netns exec``
+    mounts a fresh sysfs, in which /sys/fs/bpf is a plain empty directory.
+
+    A bpffs mounted here is a new instance: its pins are not the host's."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise Error(f"bpffs directory {path} cannot be made: {exc.strerror}") from None
+    if is_bpffs(path):
+        return
+    if _libc.mount(b"bpf", os.fsencode(path), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise Error(
+            f"{path} is not a bpffs and mounting one there failed: {os.strerror(err)}"
+            f" (mount -t bpf bpf {path})"
+        )
+    log.warning("%s was not a bpffs; mounted one there (mount -t bpf bpf %s)", path, path)
 
 
 def _has_l2(ifname: str) -> bool:
@@ -283,7 +420,7 @@ def attach(cfg: Config, prog_fd: int) -> None:
                 protocol=ETH_P_ALL,
                 fd=prog_fd,
                 classid=classid.QDISC_HANDLE,
-                name=PROGRAM_NAME,
+                name=filter_name(cfg.state_dir),
                 direct_action=True,
             )
         except NetlinkError as exc:
@@ -296,20 +433,102 @@ def attach(cfg: Config, prog_fd: int) -> None:
 
 def attached(ifname: str) -> bool:
     """Whether bwbpf's classifier sits on the interface's HTB root qdisc."""
+    return attached_owner(ifname) is not None
+
+
+class Owner(NamedTuple):
+    """Whose classifier is attached: the program's id (TCA_BPF_ID), pinned in its owner's
+    bpffs, and the owner's state_dir, from the filter's name (cls_bpf keeps the name it
+    was given)."""
+
+    prog_id: int | None
+    state_dir: str | None  # None: attached by a bwbpf from before owners were named
+
+
+def filter_name(state_dir: str) -> str:
+    return f"{PROGRAM_NAME}:{state_dir}"
+
+
+def attached_owner(ifname: str) -> Owner | None:
+    """Whose classifier sits on the interface's HTB root qdisc, or None when bwbpf's is
+    not there."""
     from pyroute2 import IPRoute
 
     try:
         ifindex = socket.if_nametoindex(ifname)
     except OSError:
-        return False
+        return None
     with IPRoute() as ipr:
         for msg in ipr.get_filters(index=ifindex, parent=classid.QDISC_HANDLE):
             opts = msg.get_attr("TCA_OPTIONS")
             if msg.get_attr("TCA_KIND") == "bpf" and opts is not None:
                 name = opts.get_attr("TCA_BPF_NAME") or ""
                 if name.startswith(PROGRAM_NAME):
-                    return True
-    return False
+                    rest = name[len(PROGRAM_NAME) :]
+                    state_dir = rest[1:] if rest.startswith(":") else None
+                    return Owner(_attr_u32(opts, TCA_BPF_ID), state_dir)
+    return None
+
+
+# include/uapi/linux/pkt_cls.h; pyroute2 0.9 does not decode it.
+TCA_BPF_ID = 11
+
+
+def _attr_u32(nla: Any, attr_type: int) -> int | None:
+    """A u32 attribute nested in a decoded pyroute2 attribute, read from its raw bytes."""
+    data, end = nla.data, nla.offset + nla.length
+    offset = nla.offset + 4  # past the attribute's own header
+    while offset + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF == attr_type and length >= 8:
+            return int(struct.unpack_from("=I", data, offset + 4)[0])
+        offset += (length + 3) & ~3
+    return None
+
+
+def pinned_prog_id(pin_dir: str) -> int | None:
+    try:
+        fd = bpfsys.obj_get(os.path.join(pin_dir, PROGRAM_PIN))
+    except OSError:
+        return None
+    try:
+        return int(bpfsys.prog_info(fd).id)
+    finally:
+        os.close(fd)
+
+
+def check_owner(cfg: Config, current_id: int | None = None) -> None:
+    """Refuse an interface whose classifier is another bwbpf's: one with another state_dir,
+    or whose program is not the one pinned in our bpffs (another bpffs, or pins lost).
+    Two owners would both account the same traffic. ``current_id``: the program the
+    caller holds, ours even when its pin is gone."""
+    owner = attached_owner(cfg.interface)
+    if owner is None or owner.state_dir is None or owner.prog_id is None:
+        return
+    ours = {current_id, pinned_prog_id(cfg.pin_dir)} - {None}
+    if owner.state_dir == cfg.state_dir and owner.prog_id in ours:
+        return
+    raise Error(
+        f"{cfg.interface}: the classifier there is another bwbpf's (program {owner.prog_id},"
+        f" state_dir {owner.state_dir}), not the one pinned in {cfg.pin_dir};"
+        " `bwbpf down` with that configuration removes it"
+    )
+
+
+def tx_bytes(ifname: str) -> int | None:
+    """The device's own transmitted-bytes counter (IFLA_STATS64), read over netlink: sysfs
+    shows the namespace that mounted it, not necessarily ours."""
+    from pyroute2 import IPRoute
+
+    index = interface_index_or_none(ifname)
+    if index is None:
+        return None
+    with IPRoute() as ipr:
+        links = ipr.get_links(index)
+    stats = links[0].get_attr("IFLA_STATS64") if links else None
+    return None if stats is None else int(stats["tx_bytes"])
 
 
 def remove_pins(pin_dir: str) -> list[str]:
@@ -360,9 +579,47 @@ class Counters:
             boot = f.read().strip()
         return f"{boot}/{bpfsys.map_info(self._counters).id}"
 
+    @property
+    def map_id(self) -> int:
+        return int(bpfsys.map_info(self._counters).id)
+
     def close(self) -> None:
         for fd in (self._counters, self._errors):
             os.close(fd)
+
+    def repin(self) -> list[str]:
+        """Pin the maps this reader holds again where a pin is missing or names another
+        map (someone removed the pins): the counts go on, nothing restarts from zero.
+        Returns the paths re-pinned."""
+        restored = []
+        os.makedirs(self.pin_dir, exist_ok=True)
+        for name, fd in (("counters", self._counters), ("errors", self._errors)):
+            path = os.path.join(self.pin_dir, name)
+            ours = bpfsys.map_info(fd).id
+            try:
+                pinned = bpfsys.obj_get(path)
+            except FileNotFoundError:
+                pinned = None
+            if pinned is not None:
+                try:
+                    if bpfsys.map_info(pinned).id == ours:
+                        continue
+                finally:
+                    os.close(pinned)
+                os.unlink(path)
+            bpfsys.obj_pin(fd, path)
+            restored.append(path)
+        return restored
+
+    def total_bytes(self) -> int:
+        """Bytes counted over every slot, slice and class: what passed the classifier."""
+        raw = bpfsys.percpu_array_read(
+            self._counters, COUNTER_SLOTS, ctypes.sizeof(layout.SliceCounters), self.ncpus
+        )
+        words = raw.cast("Q")
+        per_value = ctypes.sizeof(layout.SliceCounters) // 8
+        # (bytes, packets) per dclass in each value: the bytes are the even words.
+        return sum(sum(words[f::per_value]) for f in range(0, per_value, 2))
 
     def __enter__(self) -> Counters:
         return self

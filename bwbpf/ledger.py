@@ -42,6 +42,13 @@ from typing import Any
 
 from bwbpf.limits import DCLASSES
 
+# Bounds on what a saved ledger may hold (from_dict): a counter or a ceiling fits a signed
+# 64-bit integer; a time is after 2000-01-01 and at most 400 days from now.
+MAX_COUNT = 2**63 - 1
+EARLIEST_TIME = 946684800.0  # 2000-01-01T00:00:00Z
+FUTURE_SLACK_S = 400 * 86400.0
+PERIODS_AHEAD = 3
+
 Reading = tuple[int, int]
 """A raw counter reading, or a difference of two: ``(bytes, packets)``."""
 
@@ -207,6 +214,12 @@ class Ledger:
         record = self._slices.get(name)
         return 0 if record is None else record.classes[_dclass(dclass)].used_bytes
 
+    def last_read_at(self) -> float | None:
+        """The latest time any counter was accounted at: the accounting clock never starts
+        before it (clock.AccountingClock)."""
+        times = [r.read_at for r in self._slices.values() if r.read_at is not None]
+        return max(times) if times else None
+
     def period(self, name: str) -> tuple[float, float]:
         """``(period_start, period_end)`` of a known slice; KeyError otherwise."""
         record = self._slices[name]
@@ -254,8 +267,19 @@ class Ledger:
         }
 
     @classmethod
-    def from_dict(cls, data: object) -> Ledger:
-        """Rebuild a ledger from ``to_dict()`` output; ValueError naming the bad key."""
+    def from_dict(
+        cls, data: object, now: float | None = None, saved_at: float | None = None
+    ) -> Ledger:
+        """Rebuild a ledger from ``to_dict()`` output; ValueError naming the bad key.
+
+        Values are bounded as config values are: counts 0..2**63-1; times finite and, when
+        ``now`` is known, within [2000-01-01, now + 400 days]; a period ends after it starts
+        and, when ``saved_at`` (when the ledger was written) is known, at most
+        ``PERIODS_AHEAD`` period lengths after it. (After ``saved_at``, not ``now``: a clock
+        set back must not throw the period away.) A state file claiming more (1e30 bytes
+        used, a period ending in the year 10**292) would otherwise cap a slice for the rest
+        of its period.
+        """
         # counters_generation came later: a ledger without it is still read.
         if isinstance(data, dict) and "counters_generation" not in data:
             data = {**data, "counters_generation": None}
@@ -279,10 +303,15 @@ class Ledger:
                 where,
                 {"period_start", "period_end", "live", "notified", "read_at", *DCLASSES},
             )
-            start = _time(s["period_start"], f"{where}.period_start")
-            end = _time(s["period_end"], f"{where}.period_end")
+            start = _time(s["period_start"], f"{where}.period_start", now)
+            end = _time(s["period_end"], f"{where}.period_end", now)
             if not end > start:
                 raise ValueError(f"{where}.period_end: {end} is not after period_start {start}")
+            if saved_at is not None and end - saved_at > PERIODS_AHEAD * (end - start):
+                raise ValueError(
+                    f"{where}.period_end: {end:.10g} is more than {PERIODS_AHEAD} periods"
+                    f" of {end - start:.10g} s after saved_at ({saved_at:.10g})"
+                )
             read_at = s["read_at"]
             ledger._slices[name] = SliceRecord(
                 name=name,
@@ -290,7 +319,7 @@ class Ledger:
                 period_end=end,
                 live=_bool(s["live"], f"{where}.live"),
                 notified=_bool(s["notified"], f"{where}.notified"),
-                read_at=None if read_at is None else _time(read_at, f"{where}.read_at"),
+                read_at=None if read_at is None else _time(read_at, f"{where}.read_at", now),
                 classes=tuple(_class_record(s[d], f"{where}.{d}") for d in DCLASSES),
             )
         return ledger
@@ -342,7 +371,7 @@ def _table(value: object, where: str, keys: set[str]) -> dict[str, Any]:
     return value
 
 
-def _time(value: object, where: str) -> float:
+def _time(value: object, where: str, now: float | None = None) -> float:
     try:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError
@@ -350,7 +379,12 @@ def _time(value: object, where: str) -> float:
     except (TypeError, OverflowError):
         seconds = math.nan
     if not math.isfinite(seconds):
-        raise ValueError(f"{where}: must be a finite number of seconds, not {value!r}")
+        text = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise ValueError(f"{where}: must be a finite number of seconds, not {text}")
+    if now is not None and not EARLIEST_TIME <= seconds <= now + FUTURE_SLACK_S:
+        raise ValueError(
+            f"{where}: {seconds:.10g} is not between 2000-01-01 and 400 days from now ({now:.0f})"
+        )
     return seconds
 
 
@@ -362,8 +396,11 @@ def _bool(value: object, where: str) -> bool:
 
 def _int(value: object, where: str) -> int:
     if not _count(value):
-        raise ValueError(f"{where}: must be an integer >= 0, not {value!r}")
+        text = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise ValueError(f"{where}: must be an integer >= 0, not {text}")
     assert isinstance(value, int)
+    if value > MAX_COUNT:
+        raise ValueError(f"{where}: {value:.3g} is more than 2**63-1")
     return value
 
 

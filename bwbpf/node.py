@@ -4,8 +4,9 @@ together, in the order that never leaves a packet without a real class."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bwbpf import datapath, tree
 from bwbpf.config import Config
@@ -20,27 +21,145 @@ class UpReport:
     class_changes: int
     classes_removed: list[int]
     problems: tuple[str, ...]
+    # The attached program when up() was asked to keep it, else None (released).
+    program: datapath.Program | None = None
+    # Whether a program was compiled (False: the one passed as current serves unchanged).
+    compiled: bool = True
 
 
-def up(cfg: Config, ceilings: Mapping[tuple[int, int], int] | None = None) -> UpReport:
+def _same_maps(a: datapath.MatchTables, b: datapath.MatchTables) -> bool:
+    return replace(a, problems=()) == replace(b, problems=())
+
+
+def up(
+    cfg: Config,
+    ceilings: Mapping[tuple[int, int], int] | None = None,
+    current: datapath.Program | None = None,
+    keep: bool = False,
+    take_over: bool = False,
+) -> UpReport:
     """Install or refresh the tree and the classifier; idempotent.
 
     Classes first, then the program that sends packets to them, then the removal of classes
     no slice owns any more: a packet always finds its class (and if it did not, HTB's
     default is the default slice's class, not the unshaped direct queue).
+
+    ``current``, the program the caller keeps attached, is attached again as it is when
+    its match maps already hold what cfg asks for (nothing is compiled); otherwise a new
+    program replaces it and ``current`` is released once the new one is attached. With
+    ``keep`` the attached program is returned in the report for the next call; without,
+    it is released (it stays attached).
+
+    An interface whose classifier is another bwbpf's (datapath.check_owner) is refused
+    before anything changes, unless ``take_over``.
     """
     specs = tree.desired_tree(cfg, ceilings)
+    tables = datapath.tables_for(cfg)
+    if not take_over:
+        datapath.check_owner(cfg, None if current is None else current.id)
+    reuse = current is not None and _same_maps(current.tables, tables)
     with Shaper(cfg.interface) as shaper:
         created = shaper.ensure_qdisc()
         installed = shaper.classes()
         changes = shaper.apply(specs, installed)
-        _bpf, prog_fd, tables = datapath.load(cfg)
-        datapath.attach(cfg, prog_fd)
+        program = current if reuse and current is not None else datapath.Program.load(cfg)
+        try:
+            datapath.attach(cfg, program.fd)
+        except BaseException:
+            if program is not current:
+                program.close()
+            raise
         # The dump from before apply() serves: every class apply() added is one to keep.
         removed = shaper.remove_others({s.handle for s in specs}, installed)
+    if current is not None and program is not current:
+        current.close()
+    if not keep:
+        program.close()
     for problem in tables.problems:
         log.warning("%s", problem)
-    return UpReport(created, changes, removed, tables.problems)
+    return UpReport(
+        created, changes, removed, tables.problems, program if keep else None, not reuse
+    )
+
+
+class Watch:
+    """What the daemon checks every tick: are the pins, the HTB root qdisc and the
+    classifier still bwbpf's, do the configured cgroups still have the ids the match map
+    holds, and how many bytes did the device send that no counter saw while the classifier
+    was missing."""
+
+    def __init__(self) -> None:
+        self.uncounted_bytes = 0
+        # (counters map id, device tx bytes, bytes counted) at the last tick.
+        self._last: tuple[int, int, int] | None = None
+        # None until the first refresh: node.up has logged what was missing then.
+        self._missing_cgroups: set[tuple[str, str]] | None = None
+
+    def check(
+        self,
+        cfg: Config,
+        counters: datapath.Counters,
+        program: datapath.Program | None = None,
+    ) -> list[str]:
+        """What is missing: "pins" (re-pinned here at once, from the maps counters holds
+        and the program, so counting goes on), "root qdisc", "classifier". The caller
+        restores the last two (node.up with the program it keeps)."""
+        missing = []
+        restored = counters.repin()
+        if program is not None and program.repin(cfg.pin_dir):
+            restored.append(os.path.join(cfg.pin_dir, datapath.PROGRAM_PIN))
+        if restored:
+            log.warning(
+                "%s: pins were removed; pinned the maps again: %s",
+                cfg.interface,
+                ", ".join(restored),
+            )
+            missing.append("pins")
+        with Shaper(cfg.interface) as shaper:
+            root = shaper.root_is_ours()
+        owner = datapath.attached_owner(cfg.interface) if root else None
+        if not root:
+            missing.append("root qdisc")
+        elif owner is None:
+            missing.append("classifier")
+        elif program is not None and owner.prog_id not in (None, program.id):
+            # Replaced: by `bwbpf up` on our pins (put ours back), or by another bwbpf,
+            # which must not be fought over: both would account the same traffic.
+            datapath.check_owner(cfg, program.id)
+            missing.append("classifier")
+        return missing
+
+    def refresh_cgroups(self, cfg: Config, program: datapath.Program) -> None:
+        """Resolve the configured cgroup paths again and bring the match map up to date:
+        a cgroup made after start, or removed and made again (a new id), counts to its
+        slice from this tick on. A missing one is logged once, when it goes."""
+        cgroups, levels, missing = datapath.cgroup_matches(cfg)
+        before = set(missing) if self._missing_cgroups is None else self._missing_cgroups
+        for key, why in missing.items():
+            if key not in before:
+                log.warning("%s; its traffic counts to the default slice until it exists", why)
+        for name, path in before - missing.keys():
+            if any(s.name == name and path in s.match.cgroups for s in cfg.slices):
+                log.info("slice %s: cgroup %s exists now; counting it", name, path)
+        self._missing_cgroups = set(missing)
+        program.set_cgroups(cgroups, levels)
+
+    def account(self, cfg: Config, counters: datapath.Counters, classifier_missing: bool) -> int:
+        """Compare the device's tx bytes with the counters' growth since the last tick; when
+        the classifier was found missing, the shortfall is traffic nobody counted. Returns
+        it (0 otherwise) and adds it to ``uncounted_bytes``."""
+        tx = datapath.tx_bytes(cfg.interface)
+        if tx is None:
+            self._last = None
+            return 0
+        map_id = counters.map_id
+        counted = counters.total_bytes()
+        gap = 0
+        if classifier_missing and self._last is not None and self._last[0] == map_id:
+            gap = max(0, (tx - self._last[1]) - (counted - self._last[2]))
+            self.uncounted_bytes += gap
+        self._last = (map_id, tx, counted)
+        return gap
 
 
 def down(cfg: Config) -> list[str]:

@@ -11,15 +11,17 @@ reference bwmon reset its pickled state silently on any error.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 import time
 from typing import Any
 
 from bwbpf.errors import Error
-from bwbpf.ledger import Ledger
+from bwbpf.ledger import EARLIEST_TIME, FUTURE_SLACK_S, Ledger
 
 STATE_VERSION = 1
 
@@ -58,23 +60,36 @@ def load_state(path: str, interface: str, now: float | None = None) -> tuple[Led
     """The saved ledger and None; or an empty ledger and a one-line problem. Never raises.
 
     A missing file is not a problem (first run). Anything else unusable is moved aside to
-    ``<path>.corrupt-<time>``; ``now`` (default: the clock) names it.
+    ``<path>.corrupt-<time>``; ``now`` (default: the clock) names it and bounds the times
+    the file may hold (see ``Ledger.from_dict``). A symbolic link or anything but a regular
+    file at ``path`` is never followed or read: the link itself is moved aside.
     """
+    if now is None:
+        now = time.time()
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        # O_NONBLOCK: a FIFO planted at the path must not hang the daemon's start.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return Ledger(), None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Ledger(), _set_aside(path, "a symbolic link, not followed", now)
         return Ledger(), _set_aside(path, f"cannot read: {exc.strerror or exc}", now)
     try:
-        ledger = _parse(raw, interface)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return Ledger(), _set_aside(path, "not a regular file", now)
+            raw = f.read()
+    except OSError as exc:
+        return Ledger(), _set_aside(path, f"cannot read: {exc.strerror or exc}", now)
+    try:
+        ledger = _parse(raw, interface, now)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         return Ledger(), _set_aside(path, str(exc), now)
     return ledger, None
 
 
-def _parse(raw: bytes, interface: str) -> Ledger:
+def _parse(raw: bytes, interface: str, now: float | None = None) -> Ledger:
     try:
         # NaN and Infinity are not JSON; Python's json accepts them unless told not to.
         document = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
@@ -98,10 +113,14 @@ def _parse(raw: bytes, interface: str) -> Ledger:
         or not math.isfinite(saved_at)
     ):
         raise ValueError(f"saved_at: must be a number, not {saved_at!r}")
+    if now is not None and not EARLIEST_TIME <= saved_at <= now + FUTURE_SLACK_S:
+        raise ValueError(
+            f"saved_at: {saved_at:.10g} is not between 2000-01-01 and 400 days from now ({now:.0f})"
+        )
     unknown = sorted(set(document) - {"version", "interface", "saved_at", "ledger"})
     if unknown:
         raise ValueError(f"unknown key {', '.join(unknown)}")
-    return Ledger.from_dict(document.get("ledger"))
+    return Ledger.from_dict(document.get("ledger"), now=now, saved_at=float(saved_at))
 
 
 def _no_constant(name: str) -> None:
@@ -126,10 +145,16 @@ def _set_aside(path: str, why: str, now: float | None) -> str:
 
 
 def write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a new file, synced, renamed over it.
+
+    Nothing is ever written through a symbolic link: the temporary file is created with
+    O_EXCL | O_NOFOLLOW (a fresh random name, never an existing file), and rename(2)
+    replaces a symbolic link at ``path`` by the file, leaving the link's target alone.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Same directory as the target: rename(2) is atomic only within one filesystem.
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = _create_temporary(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             # Not secret, and `bwbpf stat` may read it without being root.
@@ -149,3 +174,14 @@ def write_atomic(path: str, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _create_temporary(directory: str, base: str) -> tuple[int, str]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", directory)

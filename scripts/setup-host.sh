@@ -5,8 +5,9 @@ set -eu
 
 # prometheus: promtool checks the metrics and alert rules, and a real Prometheus raises them
 # in a test (python3-yaml reads the shipped scrape config there); shellcheck and vagrant check
-# tests/systemd/check_service.sh and vagrant/Vagrantfile (`vagrant validate`).
-PACKAGES="python3-bpfcc python3-yaml python3-venv bpftool iproute2 iperf3 kmod prometheus shellcheck vagrant"
+# tests/systemd/check_service.sh and vagrant/Vagrantfile (`vagrant validate`); faketime moves
+# the daemon's wall clock alone in the clock-jump fault tests.
+PACKAGES="python3-bpfcc python3-yaml python3-venv bpftool iproute2 iperf3 kmod prometheus shellcheck vagrant faketime"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

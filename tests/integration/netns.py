@@ -72,6 +72,10 @@ class Topology:
         return f"10.250.{self.octet}.128/25"
 
     @property
+    def src_ip6(self) -> str:
+        return f"fd50:{self.octet:x}::1"
+
+    @property
     def dst_ip6(self) -> str:
         return f"fd50:{self.octet:x}::2"
 
@@ -280,3 +284,22 @@ class Topology:
         for key, value in opts.items():
             cmd += [f"--{key}", str(value)]
         subprocess.run(self.in_src(*cmd), check=True, cwd=REPO, timeout=60)
+
+
+def wait_status(
+    cfg_path: Path, slice_name: str, expected: int, timeout_s: float = 60
+) -> status.DaemonStatus:
+    """Until the daemon's status file (what its ledger read at a tick) shows ``expected``
+    normal bytes for the slice; returns that status. The default timeout covers a first
+    tick that compiles the classifier under software emulation."""
+    cfg = config.load(cfg_path, check_interface=False)
+    deadline = time.monotonic() + timeout_s
+    got = None
+    while True:
+        st = status.read(cfg)
+        if st is not None and slice_name in st.slices:
+            got = st.slices[slice_name]["classes"]["normal"]["bytes"]
+            if got == expected:
+                return st
+        assert time.monotonic() < deadline, f"{slice_name}: ledger usage {got}, expected {expected}"
+        time.sleep(0.3)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bwbpf import classid, config, limits, status
+from bwbpf import classid, limits
 from bwbpf.shaper import Shaper
 from tests.conftest import require_root
-from tests.integration.netns import Topology
+from tests.integration.netns import Topology, wait_status
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -55,16 +55,7 @@ def usage(topo: Topology, cfg: Path) -> tuple[int, bool]:
 
 
 def wait_ledger(cfg_path: Path, expected: int) -> None:
-    """Until the daemon's status file (what its ledger read at a tick) shows the usage."""
-    cfg = config.load(cfg_path, check_interface=False)
-    deadline = time.monotonic() + 60  # the first tick compiles the classifier: slow under TCG
-    got = None
-    while got != expected:
-        assert time.monotonic() < deadline, f"ledger usage {got}, expected {expected}"
-        time.sleep(0.3)
-        st = status.read(cfg)
-        if st is not None and "tenant" in st.slices:
-            got = st.slices["tenant"]["classes"]["normal"]["bytes"]
+    wait_status(cfg_path, "tenant", expected)
 
 
 def stop(d: subprocess.Popen[bytes]) -> None:

@@ -2,6 +2,10 @@
 mark, uid, cgroup or source address. Run inside a test namespace with nsenter:
 
     python -m tests.integration.traffic --dst 10.250.7.2 --count 11 --size 1000 --mark 5
+
+or raw frames, one hex string a line of a file, on an AF_PACKET socket:
+
+    python -m tests.integration.traffic --frames FILE --ifname veth0
 """
 
 from __future__ import annotations
@@ -15,16 +19,22 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--dst", required=True)
+    p.add_argument("--dst")
+    p.add_argument("--frames", help="file of hex frames to send as they are, one a line")
+    p.add_argument("--ifname", help="the device to send --frames on")
     p.add_argument("--port", type=int, default=9)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--size", type=int, required=True, help="UDP payload bytes")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--size", type=int, default=0, help="UDP payload bytes")
     p.add_argument("--mark", type=int)
     p.add_argument("--uid", type=int)
     p.add_argument("--cgroup", help="cgroup v2 directory to join first")
     p.add_argument("--src", help="source address to bind")
     p.add_argument("--gap", type=float, default=0.0, help="seconds between datagrams")
     args = p.parse_args(argv)
+    if args.frames:
+        return send_frames(args.frames, args.ifname, args.count)
+    if not args.dst:
+        p.error("--dst or --frames is required")
 
     if args.cgroup:
         with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as f:
@@ -50,6 +60,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.gap:
             time.sleep(args.gap)
     sock.close()
+    return 0
+
+
+def send_frames(path: str, ifname: str, count: int) -> int:
+    """Each frame of the file ``count`` times, as written (no checksum or length fixed)."""
+    with open(path) as f:
+        frames = [bytes.fromhex(line.strip()) for line in f if line.strip()]
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((ifname, 0))
+        for _ in range(count):
+            for frame in frames:
+                sock.send(frame)
     return 0
 
 

@@ -260,3 +260,31 @@ def test_unexpected_exceptions_are_one_line(
     # With --debug, the traceback.
     result = CliRunner().invoke(main, ["--debug", "check", "-c", str(tmp_path / "bw.toml")])
     assert result.exception is exc
+
+
+def test_down_is_refused_while_a_daemon_holds_the_interface(tmp_path: Path) -> None:
+    from bwbpf import lifecycle
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(
+        f'[node]\ninterface = "bwtnone0"\nstate_dir = "{state_dir}"\n'
+        '[[slice]]\nname = "a"\nid = 1\nmatch = {mark = 1}\n'
+    )
+    lock = lifecycle.lock_path(str(state_dir), "bwtnone0")
+    assert lifecycle.lock_holder(lock) is None  # no lock file yet
+    fd = lifecycle.take_lock(lock, "bwtnone0")
+    try:
+        assert lifecycle.lock_holder(lock) == os.getpid()
+        code, _, err = run("down", "-c", str(cfg))
+        assert code == 1
+        assert err == (
+            f"bwbpf: a bwbpf daemon (pid {os.getpid()}) is running on bwtnone0: stop it first"
+            " (systemctl stop bwbpf, or kill -TERM it); nothing was removed\n"
+        )
+    finally:
+        os.close(fd)
+    assert lifecycle.lock_holder(lock) is None  # a lock file nobody holds is no daemon
+    code, out, _ = run("down", "-c", str(cfg))
+    assert (code, out) == (0, "bwtnone0: nothing of bwbpf's was installed\n")

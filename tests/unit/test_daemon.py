@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import signal
 import socket
+import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bwbpf import config, daemon, periods, status
-from bwbpf.errors import Error
+from bwbpf import config, daemon, lifecycle, periods, status
+from bwbpf.errors import ConfigError, Error
 from bwbpf.ledger import Ledger
 from bwbpf.notify import CappedClass
 
@@ -203,3 +209,279 @@ def test_second_daemon_on_the_interface_is_refused(cfg: config.Config) -> None:
     finally:
         first.stop()
     assert Path(first.state_path).exists()
+
+
+# -- lifecycle: the lock, the state directory probe, signals ---------------------------------
+
+
+def test_lock_file_is_never_opened_through_a_symlink(cfg: config.Config, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    Path(cfg.state_dir).mkdir()
+    d = daemon.Daemon(cfg, dry_run=True)
+    Path(d.lock_path).symlink_to(victim)
+    with pytest.raises(Error, match=r"refusing lock file .*lo\.lock: it is a symbolic link$"):
+        d._take_lock()
+    d.stop()
+    assert victim.read_text() == "precious\n"
+
+
+def test_uncreatable_state_dir_is_one_line(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    Path(cfg.state_dir).write_text("a file, not a directory")
+    cfg2 = make_config(tmp_path)
+    object.__setattr__(cfg2, "state_dir", os.path.join(cfg.state_dir, "sub"))
+    with pytest.raises(Error, match=r"^state directory .*/state/sub cannot be created: Not a dir"):
+        lifecycle.probe_state_dir(cfg2.state_dir)
+
+
+def test_unwritable_state_dir_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        if len(data) == lifecycle.PROBE_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(lifecycle.os, "write", full)
+    with pytest.raises(Error, match=r"^state directory .* is not writable: No space left on dev"):
+        lifecycle.probe_state_dir(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # the probe is removed
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_signal_pipe_records_and_wakes() -> None:
+    before = _fds()
+    pipe = lifecycle.SignalPipe()
+    old = signal.getsignal(signal.SIGHUP)
+    pipe.install([signal.SIGHUP])
+    try:
+        assert pipe.wait(0) == []
+        for _ in range(100):
+            os.kill(os.getpid(), signal.SIGHUP)
+        started = time.monotonic()
+        assert pipe.wait(5) == [signal.SIGHUP] * 100
+        assert time.monotonic() - started < 1
+        started = time.monotonic()
+        assert pipe.wait(0.2) == []  # drained: the next wait sleeps its timeout
+        assert time.monotonic() - started >= 0.19
+    finally:
+        pipe.close()
+    assert signal.getsignal(signal.SIGHUP) == old
+    assert _fds() == before
+
+
+class LoopSpy:
+    """A Daemon whose start, tick, reload and stop only count, for ``run``'s loop."""
+
+    def __init__(self, cfg: config.Config, on_tick: Any = None, on_reload: Any = None) -> None:
+        self.d = daemon.Daemon(cfg, dry_run=True)
+        self.ticks = self.reloads = self.stops = 0
+        self.on_tick, self.on_reload = on_tick, on_reload
+        self.d.start = lambda: None  # type: ignore[method-assign]
+        self.d.tick = self._tick  # type: ignore[method-assign]
+        self.d.reload = self._reload  # type: ignore[method-assign]
+        self.d.stop = self._stop  # type: ignore[method-assign]
+
+    def _tick(self, _now: float) -> dict:
+        self.ticks += 1
+        if self.on_tick:
+            self.on_tick(self)
+        return {}
+
+    def _reload(self) -> bool:
+        self.reloads += 1
+        if self.on_reload:
+            self.on_reload(self)
+        return True
+
+    def _stop(self) -> None:
+        self.stops += 1
+
+
+def test_many_hups_are_one_reload_and_term_stops(cfg: config.Config) -> None:
+    before = _fds()
+
+    def hups(spy: LoopSpy) -> None:
+        if spy.ticks == 1:
+            for _ in range(100):
+                os.kill(os.getpid(), signal.SIGHUP)
+
+    def term(_spy: LoopSpy) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    spy = LoopSpy(cfg, on_tick=hups, on_reload=term)
+    spy.d.run()
+    assert (spy.ticks, spy.reloads, spy.stops) == (1, 1, 1)
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    assert _fds() == before  # the pipe is closed
+
+
+def test_a_hup_storm_does_not_starve_the_ticks(cfg: config.Config) -> None:
+    give_up = time.monotonic() + 5
+
+    def again(spy: LoopSpy) -> None:
+        # Each reload brings the next HUP; after the second tick (1 s later), TERM.
+        done = spy.ticks >= 2 or time.monotonic() > give_up
+        os.kill(os.getpid(), signal.SIGTERM if done else signal.SIGHUP)
+
+    spy = LoopSpy(cfg, on_tick=lambda s: os.kill(os.getpid(), signal.SIGHUP), on_reload=again)
+    spy.d.run()
+    assert spy.ticks >= 2
+    assert spy.reloads > 10
+
+
+def test_unexpected_exception_at_start_is_one_error(cfg: config.Config) -> None:
+    d = daemon.Daemon(cfg, dry_run=True)
+
+    def boom() -> None:
+        raise struct.error("argument out of range")
+
+    d.start = boom  # type: ignore[method-assign]
+    with pytest.raises(Error, match=r"^cannot start on lo: error: argument out of range$"):
+        d.run(once=True)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+# -- reload never ends the daemon -------------------------------------------------------------
+
+
+def _raise(exc: BaseException) -> Any:
+    def load(*_args: Any, **_kwargs: Any) -> Any:
+        raise exc
+
+    return load
+
+
+@pytest.mark.parametrize(
+    ("exc", "why"),
+    [
+        pytest.param(
+            UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+            "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff",
+            id="unicode",
+        ),
+        pytest.param(
+            RecursionError("maximum recursion depth exceeded"), "RecursionError", id="rec"
+        ),
+        pytest.param(struct.error("argument out of range"), "error: argument out", id="struct"),
+        pytest.param(OSError(errno.EIO, "Input/output error"), "Input/output error", id="oserror"),
+        pytest.param(ValueError("a\nb"), "ValueError: a b", id="multi-line"),
+        pytest.param(
+            ConfigError(["f.toml: node.tick: bad", "f.toml: quota: bad"]),
+            "f.toml: node.tick: bad; f.toml: quota: bad",
+            id="config",
+        ),
+    ],
+)
+def test_a_failed_reload_is_one_line_and_keeps_the_config(
+    cfg: config.Config,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    exc: BaseException,
+    why: str,
+) -> None:
+    d = daemon.Daemon(cfg, dry_run=True)
+    monkeypatch.setattr(daemon.config, "load", _raise(exc))
+    with caplog.at_level(logging.INFO, logger="bwbpf.daemon"):
+        assert d.reload() is False
+    assert d.cfg is cfg
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0].startswith("reload: keeping the configuration in use: ")
+    assert why in errors[0]
+    # Shown by stat until a reload succeeds.
+    d._publish(T0, {})
+    got = status.read(cfg)
+    assert got is not None and got.problems == errors
+    monkeypatch.setattr(daemon.config, "load", lambda _p: cfg)
+    assert d.reload() is True
+    d._publish(T0, {})
+    got = status.read(cfg)
+    assert got is not None and got.problems == []
+
+
+def test_a_reload_that_fails_half_way_restores_the_old_config(
+    cfg: config.Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new = make_config(tmp_path, notify="")
+    d = daemon.Daemon(cfg)
+    installed: list[config.Config] = []
+
+    def install(_ceils: Any) -> None:
+        installed.append(d.cfg)
+        if d.cfg is new:
+            raise struct.error("'Q' format requires 0 <= number <= 18446744073709551615")
+
+    monkeypatch.setattr(daemon.config, "load", lambda _p: new)
+    d._install = install  # type: ignore[method-assign]
+    assert d.reload() is False
+    assert d.cfg is cfg
+    assert installed == [new, cfg]  # the old one installed again
+    assert len(d.reload_problems) == 1 and "format requires" in d.reload_problems[0]
+
+
+def test_a_reload_needing_a_restart_is_refused(
+    cfg: config.Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = make_config(tmp_path)
+    object.__setattr__(other, "interface", "eth9")
+    d = daemon.Daemon(cfg, dry_run=True)
+    monkeypatch.setattr(daemon.config, "load", lambda _p: other)
+    assert d.reload() is False and d.cfg is cfg
+    assert "interface changed from 'lo' to 'eth9', which needs a restart" in d.reload_problems[0]
+
+
+# -- a tick survives its steps ----------------------------------------------------------------
+
+
+class FakeCounters:
+    generation = "fake"
+
+    def read(self, ids: Any) -> dict:
+        list(ids)
+        return {5: (U(100, 1), U(0, 0))}
+
+    def errors(self) -> Any:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unexpected_exception_in_a_tick_step_is_one_line(
+    cfg: config.Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = daemon.Daemon(cfg, dry_run=True)
+    d._counters = FakeCounters()  # type: ignore[assignment]
+
+    def denied(*_a: Any, **_k: Any) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", "/x/lo.status.json")
+
+    monkeypatch.setattr(daemon.status, "write", denied)
+    with caplog.at_level(logging.ERROR, logger="bwbpf.daemon"):
+        decisions = d.tick(T0)
+        d.tick(T0 + 1)
+    assert {"alice", "bob"} <= set(decisions)
+    assert d.tick_problems == ["publish: Permission denied: /x/lo.status.json"]
+    assert [r.getMessage() for r in caplog.records] == d.tick_problems * 2
+    assert Path(d.state_path).exists()  # the save before it happened
+
+
+def test_a_problem_is_logged_once_per_tick(
+    cfg: config.Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk fails every save of a tick (after each mail too): one line a tick."""
+    d = daemon.Daemon(cfg, dry_run=True)
+
+    def full(_now: float) -> None:
+        raise Error("cannot write state file /s/ledger-lo.json: No space left on device")
+
+    with caplog.at_level(logging.ERROR, logger="bwbpf.daemon"):
+        for _ in range(3):
+            d._guard(full, T0)
+    assert len(caplog.records) == 1
+    assert d.tick_problems == [caplog.records[0].getMessage()]

@@ -5,26 +5,30 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bwbpf import state as state_module
 from bwbpf.config import Period
 from bwbpf.errors import Error
 from bwbpf.ledger import Ledger
 from bwbpf.periods import current_period
-from bwbpf.state import STATE_VERSION, load_state, save_state, state_file
+from bwbpf.state import STATE_VERSION, load_state, save_state, state_file, write_atomic
 
 # 2024-01-02 03:04:05 UTC
 NOW = 1704164645.0
 STAMP = "20240102T030405Z"
+# The sample's slice started its 1000 s period 500 s before NOW.
+START = NOW - 500
 
 
 def sample() -> Ledger:
     ledger = Ledger()
     period = Period("rolling", 1000)
-    for now, reading in ((0.0, (0, 0)), (10.0, (4000, 4))):
+    for now, reading in ((START, (0, 0)), (START + 10, (4000, 4))):
         ledger.update(
             now,
             {"alice": {0: reading, 1: (0, 0)}},
@@ -103,6 +107,9 @@ def test_unwritable_location_is_an_error(tmp_path: Path) -> None:
         save_state(str(blocker / "ledger.json"), "eth0", Ledger(), now=NOW)
 
 
+PERIOD_START = f'"period_start": {START}'.encode()
+
+
 def _valid() -> dict[str, Any]:
     return {"version": 1, "interface": "eth0", "saved_at": NOW, "ledger": sample().to_dict()}
 
@@ -145,7 +152,7 @@ def _with(**changes: Any) -> bytes:
             id="negative-usage",
         ),
         pytest.param(
-            _with().replace(b'"period_start": 0.0', b'"period_start": 1' + b"0" * 400),
+            _with().replace(PERIOD_START, b'"period_start": 1' + b"0" * 400),
             "period_start: must be a finite number",
             id="huge-number",
         ),
@@ -231,3 +238,167 @@ def test_file_and_directory_are_synced(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(os, "replace", replace)
     save_state(str(path), "eth0", sample(), now=NOW)
     assert events == ["fsync-file", "rename", "fsync-dir"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "why"),
+    [
+        pytest.param(
+            b'"used_bytes": 4000',
+            b'"used_bytes": 1' + b"0" * 30,
+            "normal.used_bytes: 1e+30 is more than 2**63-1",
+            id="1e30-bytes",
+        ),
+        pytest.param(
+            b'"used_bytes": 4000',
+            b'"used_bytes": 1e30',
+            "normal.used_bytes: must be an integer >= 0, not 1e+30",
+            id="1e30-float",
+        ),
+        pytest.param(
+            b'"used_packets": 4',
+            b'"used_packets": 9223372036854775808',
+            "normal.used_packets: 9.22e+18 is more than 2**63-1",
+            id="2**63-packets",
+        ),
+        pytest.param(
+            b'"last": [4000, 4]',
+            b'"last": [18446744073709551615, 4]',
+            "normal.last[0]",
+            id="2**64-last",
+        ),
+        pytest.param(
+            b'"ceil_bps": 8000',
+            b'"ceil_bps": 9223372036854775808',
+            "normal.ceil_bps",
+            id="2**63-ceiling",
+        ),
+        pytest.param(
+            f'"period_end": {START + 1000}'.encode(),
+            b'"period_end": 3.15e+299',
+            "period_end: 3.15e+299 is not between 2000-01-01 and 400 days from now",
+            id="year-10**292",
+        ),
+        pytest.param(
+            f'"period_start": {START}, "period_end": {START + 1000}'.encode(),
+            f'"period_start": {NOW + 5000}, "period_end": {NOW + 6000}'.encode(),
+            "period_end: 1704170645 is more than 3 periods of 1000 s after saved_at (1704164645)",
+            id="periods-ahead",
+        ),
+        pytest.param(
+            f'"period_end": {START + 1000}'.encode(),
+            f'"period_end": {START - 1}'.encode(),
+            "is not after period_start",
+            id="end-before-start",
+        ),
+        pytest.param(
+            b'"saved_at": 1704164645.0',
+            b'"saved_at": 1e300',
+            "saved_at: 1e+300 is not between 2000-01-01 and 400 days from now",
+            id="saved-at-future",
+        ),
+        pytest.param(
+            PERIOD_START,
+            b'"period_start": 1.0',
+            "period_start: 1 is not between 2000-01-01 and 400 days from now",
+            id="before-2000",
+        ),
+        pytest.param(
+            f'"read_at": {START + 10}'.encode(),
+            f'"read_at": {NOW + 401 * 86400}'.encode(),
+            f"read_at: {NOW + 401 * 86400:.10g} is not between 2000-01-01 and 400 days from now",
+            id="read-at-future",
+        ),
+    ],
+)
+def test_absurd_values_are_set_aside(tmp_path: Path, old: bytes, new: bytes, why: str) -> None:
+    """Bounded like config values: a state file claiming 1e30 bytes used, or a period
+    ending in the year 10**292, would cap a slice for the rest of its period."""
+    content = _with()
+    assert old in content, old
+    path = tmp_path / "ledger.json"
+    path.write_bytes(content.replace(old, new))
+    ledger, problem = load_state(str(path), "eth0", now=NOW)
+    assert ledger == Ledger()
+    assert problem is not None and "\n" not in problem and len(problem) < 400
+    assert why in problem
+    assert (tmp_path / f"ledger.json.corrupt-{STAMP}").exists()
+    assert not path.exists()
+
+
+def test_largest_counts_and_times_in_bounds_load(tmp_path: Path) -> None:
+    content = _with().replace(b'"used_bytes": 4000', f'"used_bytes": {2**63 - 1}'.encode())
+    content = content.replace(
+        f'"period_end": {START + 1000}'.encode(), f'"period_end": {NOW + 3 * 1000}'.encode()
+    )
+    path = tmp_path / "ledger.json"
+    path.write_bytes(content)
+    ledger, problem = load_state(str(path), "eth0", now=NOW)
+    assert problem is None
+    assert ledger.usage("alice", 0) == 2**63 - 1
+
+
+def test_symlinked_state_file_is_not_followed(tmp_path: Path) -> None:
+    """A symbolic link at the state path is set aside, not read: its target stays."""
+    elsewhere = tmp_path / "elsewhere.json"
+    save_state(str(elsewhere), "eth0", sample(), now=NOW)
+    before = elsewhere.read_bytes()
+    path = tmp_path / "ledger.json"
+    path.symlink_to(elsewhere)
+    ledger, problem = load_state(str(path), "eth0", now=NOW)
+    assert ledger == Ledger()
+    assert problem is not None and "a symbolic link, not followed" in problem
+    aside = tmp_path / f"ledger.json.corrupt-{STAMP}"
+    assert aside.is_symlink() and not path.exists()
+    assert elsewhere.read_bytes() == before
+
+
+def test_fifo_at_the_state_path_does_not_block(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    os.mkfifo(path)
+    result: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: result.append(load_state(str(path), "eth0", now=NOW)), daemon=True
+    )
+    worker.start()
+    worker.join(5)
+    assert result, "load_state blocked on a FIFO"
+    ledger, problem = result[0]
+    assert ledger == Ledger() and problem is not None and "not a regular file" in problem
+
+
+def test_save_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    path = tmp_path / "ledger.json"
+    path.symlink_to(victim)
+    save_state(str(path), "eth0", sample(), now=NOW)
+    assert victim.read_text() == "precious\n"
+    assert not path.is_symlink()
+    assert load_state(str(path), "eth0", now=NOW) == (sample(), None)
+
+
+def test_temporary_file_is_never_an_existing_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """O_EXCL | O_NOFOLLOW: a symbolic link planted at the temporary name is not written
+    through; another name is taken."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    names = iter(["planted", "fresh"])
+    monkeypatch.setattr(state_module.secrets, "token_hex", lambda _n: next(names))
+    planted = tmp_path / ".ledger.json.planted.tmp"
+    planted.symlink_to(victim)
+    write_atomic(str(tmp_path / "ledger.json"), b"new\n")
+    assert victim.read_text() == "precious\n"
+    assert planted.is_symlink()
+    assert (tmp_path / "ledger.json").read_bytes() == b"new\n"
+    assert not (tmp_path / ".ledger.json.fresh.tmp").exists()
+
+
+def test_a_clock_set_back_keeps_the_saved_period(tmp_path: Path) -> None:
+    """Bounds relative to when the file was saved, not only to now: a node back with its
+    clock 40 days behind keeps its period and usage (the 400-day bound still holds)."""
+    path = str(tmp_path / "ledger.json")
+    save_state(path, "eth0", sample(), now=NOW)
+    assert load_state(path, "eth0", now=NOW - 40 * 86400) == (sample(), None)
