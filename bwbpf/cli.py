@@ -17,6 +17,10 @@ from bwbpf.errors import ConfigError, Error
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_CONFIG = "/etc/bwbpf/bwbpf.toml"
+TAKE_OVER_HELP = (
+    "Replace a classifier another bwbpf configuration installed on the interface (another"
+    " state_dir or bpffs); its daemon then stops shaping and says so."
+)
 
 
 def _debug() -> bool:
@@ -138,20 +142,24 @@ def check(config_path: str) -> None:
 
 @main.command()
 @config_option
+@click.option("--take-over", is_flag=True, help=TAKE_OVER_HELP)
 @_friendly
-def up(config_path: str) -> None:
+def up(config_path: str, take_over: bool) -> None:
     """Install or refresh the classifier and the HTB tree (idempotent).
 
-    Counters are pinned in bpffs and survive this command exiting and running again.
+    Counters are pinned in bpffs and survive this command exiting and running again. An
+    interface whose classifier another bwbpf installed (another state_dir or bpffs) is
+    refused, since both would account the same traffic, unless --take-over.
 
     \b
-    Example:
+    Examples:
       bwbpf up -c /etc/bwbpf/bwbpf.toml
+      bwbpf up -c new.toml --take-over     replace another configuration's classifier
     """
     from bwbpf import node
 
     cfg = _load(config_path)
-    report = node.up(cfg)
+    report = node.up(cfg, take_over=take_over)
     click.echo(
         f"{cfg.interface}: classifier attached; {len(cfg.slices) + 1} slices;"
         f" {report.class_changes} class changes, {len(report.classes_removed)} removed"
@@ -193,8 +201,9 @@ def down(config_path: str) -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Account and decide, but change no HTB class and send no mail."
 )
+@click.option("--take-over", is_flag=True, help=TAKE_OVER_HELP)
 @_friendly
-def run(config_path: str, once: bool, dry_run: bool) -> None:
+def run(config_path: str, once: bool, dry_run: bool, take_over: bool) -> None:
     """The quota daemon: every tick, counters → usage → ceilings → HTB, state, mail, status.
 
     Only one daemon runs per interface. SIGHUP reloads the configuration (an invalid one is
@@ -210,7 +219,7 @@ def run(config_path: str, once: bool, dry_run: bool) -> None:
     from bwbpf.daemon import Daemon
 
     # Warnings (min rates clamped) are logged by the daemon, at start and on reload.
-    Daemon(config.load(config_path), dry_run=dry_run).run(once=once)
+    Daemon(config.load(config_path), dry_run=dry_run, take_over=take_over).run(once=once)
 
 
 @main.command()

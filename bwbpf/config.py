@@ -957,8 +957,8 @@ def _src_overlaps(c: _Checker, slices: list[Slice], keys: dict[str, str]) -> Non
 
 
 def cgroup2_mount() -> str | None:
-    """The cgroup v2 mount point from /proc/mounts, as datapath.cgroup2_mount finds it
-    (read here so that validating a config loads nothing of the datapath); None if none."""
+    """The cgroup v2 mount point from /proc/mounts, or None if there is none. Here, not in
+    the datapath, so that validating a config loads nothing of the datapath."""
     try:
         with open("/proc/mounts") as f:
             for line in f:
@@ -972,9 +972,8 @@ def cgroup2_mount() -> str | None:
 
 def _check_cgroups(c: _Checker, slices: list[Slice], keys: dict[str, str]) -> None:
     """Refuse a cgroup deeper than the classifier walks; warn about one that does not exist
-    (yet): the classifier is filled from the cgroups that exist when the config is installed
-    (up, run, SIGHUP), so until it exists and the config is installed again its traffic
-    counts to the default slice."""
+    (yet): until it does its traffic counts to the default slice (the daemon looks the
+    configured paths up again every tick)."""
     if not any(s.match.cgroups for s in slices):
         return
     mount = cgroup2_mount()
@@ -1009,8 +1008,8 @@ def _check_cgroups(c: _Checker, slices: list[Slice], keys: dict[str, str]) -> No
                 c.warn(
                     key,
                     f"{path} does not exist yet ({full}): its traffic will go to the default"
-                    f" slice until it exists and the configuration is installed again"
-                    f" (bwbpf up, or SIGHUP to the daemon)",
+                    " slice until it exists; a running daemon matches it from the tick after"
+                    " it appears (without a daemon, at the next bwbpf up)",
                 )
 
 

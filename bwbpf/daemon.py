@@ -186,10 +186,18 @@ class Daemon:
     then ``stop()``; or ``run()`` for all of it with signals."""
 
     def __init__(
-        self, cfg: Config, dry_run: bool = False, clock: AccountingClock | None = None
+        self,
+        cfg: Config,
+        dry_run: bool = False,
+        clock: AccountingClock | None = None,
+        take_over: bool = False,
     ) -> None:
         self.cfg = cfg
         self.dry_run = dry_run
+        # Replace another bwbpf's classifier at the first install (only then).
+        self._take_over = take_over
+        # Set while another bwbpf owns the interface: this daemon then shapes nothing.
+        self.foreign_owner: str | None = None
         # Tick times: the wall clock at start, then elapsed time only (bwbpf/clock.py).
         self.clock = clock or AccountingClock()
         self._started = False
@@ -275,7 +283,11 @@ class Daemon:
         pinned = os.path.exists(os.path.join(self.cfg.pin_dir, "counters"))
         # The kept program is attached again when its maps still fit (no compile), else
         # replaced and released: fds and memory stay flat across reloads.
-        report = node.up(self.cfg, ceils, current=self._program, keep=True)
+        report = node.up(
+            self.cfg, ceils, current=self._program, keep=True, take_over=self._take_over
+        )
+        self._take_over = False
+        self.foreign_owner = None
         self._program = report.program
         if not pinned:
             # New maps count from zero: every reading is new traffic, even for slices the
@@ -318,7 +330,7 @@ class Daemon:
         self._guard(self._account, now)
         decisions = decide_all(cfg, self.ledger, now)
         self.decisions = decisions
-        if not self.dry_run:
+        if not self.dry_run and self.foreign_owner is None:
             self._guard(self._shape, decisions)
         self._guard(self._save, now)
         if not self.dry_run:
@@ -350,7 +362,14 @@ class Daemon:
         follow configured cgroups that appeared or were made again, and report the bytes
         that passed uncounted while the classifier was missing."""
         assert self._counters is not None and self._program is not None
-        missing = self.watch.check(self.cfg, self._counters, self._program)
+        try:
+            missing = self.watch.check(self.cfg, self._counters, self._program)
+        except Error as exc:
+            # Another bwbpf took the interface (--take-over): shaping it too would fight
+            # over the same classes. Keep accounting our maps (they no longer grow).
+            self.foreign_owner = str(exc)
+            raise
+        self.foreign_owner = None
         lost = [m for m in missing if m != "pins"]  # pins gone: counting went on
         if lost:
             log.warning("%s: bwbpf's %s missing; restoring", self.cfg.interface, " and ".join(lost))
@@ -452,6 +471,7 @@ class Daemon:
             last_tick=now,
             problems=self._problems(),
             slices=status_slices(self.cfg, self.ledger, decisions),
+            uncounted_bytes=self.uncounted_bytes,
         )
 
     def _problems(self) -> list[str]:
@@ -487,6 +507,7 @@ class Daemon:
             now=now,
             tick_duration_s=tick_duration_s,
             problems=len(problems),
+            uncounted_bytes=self.uncounted_bytes,
         )
         self.exporter.update(snap, self.cfg.metrics.textfile)
 

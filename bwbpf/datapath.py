@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bwbpf import bpfsys, classid, layout, limits
+from bwbpf import bpfsys, classid, config, layout, limits
 from bwbpf.config import Config, Network
 from bwbpf.errors import Error
 
@@ -68,12 +68,10 @@ def bpf_source_dir() -> Path:
 def cgroup2_mount() -> str:
     """Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified hosts,
     /sys/fs/cgroup/unified on hybrid ones. Read from /proc/mounts, never assumed."""
-    with open("/proc/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 2 and fields[2] == "cgroup2":
-                return fields[1]
-    raise Error("no cgroup v2 hierarchy is mounted; cgroup matches need one")
+    mount = config.cgroup2_mount()
+    if mount is None:
+        raise Error("no cgroup v2 hierarchy is mounted; cgroup matches need one")
+    return mount
 
 
 @dataclass(frozen=True)
@@ -513,7 +511,7 @@ def check_owner(cfg: Config, current_id: int | None = None) -> None:
     raise Error(
         f"{cfg.interface}: the classifier there is another bwbpf's (program {owner.prog_id},"
         f" state_dir {owner.state_dir}), not the one pinned in {cfg.pin_dir};"
-        " `bwbpf down` with that configuration removes it"
+        " `bwbpf down` with that configuration removes it, or --take-over replaces it"
     )
 
 

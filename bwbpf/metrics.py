@@ -72,6 +72,10 @@ FAMILIES = {
     "bwbpf_last_tick_timestamp_seconds": "When the last completed tick ran.",
     "bwbpf_tick_interval_seconds": "The configured tick; a last tick older than a few is stale.",
     "bwbpf_problems": "Problems the daemon reports (as `bwbpf stat` shows them); 0 when healthy.",
+    "bwbpf_uncounted_bytes_total": (
+        "Bytes the device sent while bwbpf's classifier was found missing (removed or"
+        " replaced), since the daemon started: traffic no slice was charged for."
+    ),
 }
 
 
@@ -107,6 +111,7 @@ class Snapshot:
     # Datapath error counters by reason (limits.ERROR_REASONS).
     errors: Mapping[str, int] = field(default_factory=dict)
     problems: int = 0
+    uncounted_bytes: int = 0
 
 
 def snapshot(
@@ -118,6 +123,7 @@ def snapshot(
     now: float,
     tick_duration_s: float,
     problems: int = 0,
+    uncounted_bytes: int = 0,
 ) -> Snapshot:
     """The snapshot of a tick, from what the daemon has after deciding (pure)."""
     classes = []
@@ -156,6 +162,7 @@ def snapshot(
         classes=tuple(classes),
         errors=dict(errors),
         problems=problems,
+        uncounted_bytes=uncounted_bytes,
     )
 
 
@@ -212,6 +219,7 @@ def render(snap: Snapshot | None, interface: str, version: str = __version__) ->
             ("bwbpf_last_tick_timestamp_seconds", snap.last_tick),
             ("bwbpf_tick_interval_seconds", snap.tick_s),
             ("bwbpf_problems", snap.problems),
+            ("bwbpf_uncounted_bytes_total", snap.uncounted_bytes),
         ):
             out += _family(name, [f"{name}{node} {_value(value)}\n"])
     return "".join(out).encode()

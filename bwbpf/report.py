@@ -106,6 +106,11 @@ def render(doc: dict) -> str:
         )
         for problem in d.get("problems", []):
             lines.append(f"  PROBLEM: {problem}")
+        if d.get("uncounted_bytes"):
+            lines.append(
+                f"  UNCOUNTED: {d['uncounted_bytes']} bytes left the device while the"
+                " classifier was missing (charged to no slice)"
+            )
     if not doc["classifier_attached"]:
         lines.append("  WARNING: the classifier is not attached (run `bwbpf up`)")
     head = (

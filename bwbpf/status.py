@@ -31,6 +31,9 @@ class DaemonStatus:
     policy: str
     problems: list[str] = field(default_factory=list)
     slices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Bytes the device sent while bwbpf's classifier was found missing, since the daemon
+    # started: traffic no slice was charged for (node.Watch).
+    uncounted_bytes: int = 0
 
     @property
     def running(self) -> bool:
@@ -48,6 +51,7 @@ class DaemonStatus:
             "tick_s": self.tick_s,
             "policy": self.policy,
             "problems": self.problems,
+            "uncounted_bytes": self.uncounted_bytes,
         }
 
 
@@ -64,6 +68,7 @@ def read(cfg: Config) -> DaemonStatus | None:
             policy=str(doc["policy"]),
             problems=list(doc.get("problems", [])),
             slices=dict(doc["slices"]),
+            uncounted_bytes=int(doc.get("uncounted_bytes", 0)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -76,6 +81,7 @@ def write(
     last_tick: float,
     problems: list[str],
     slices: dict[str, dict[str, Any]],
+    uncounted_bytes: int = 0,
 ) -> None:
     """Publish the daemon's last tick for ``stat``, atomically (readers never see half).
 
@@ -93,6 +99,7 @@ def write(
         "policy": cfg.policy,
         "problems": problems,
         "slices": slices,
+        "uncounted_bytes": uncounted_bytes,
     }
     path = path_for(cfg)
     try:

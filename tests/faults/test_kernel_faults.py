@@ -243,6 +243,10 @@ def test_pins_and_filter_removed_under_the_daemon(env: Env) -> None:
     assert found, log_text
     # The gap's frames, and at most a few stray ones (none expected: see netns.py).
     assert gap_bytes <= int(found[-1]) <= gap_bytes + 500, (found, gap_bytes)
+    # And shown where operators look: `bwbpf stat` (and the metrics, from the same number).
+    shown = topo.stat(env.config)["daemon"]
+    assert shown["uncounted_bytes"] == int(found[-1]), shown
+    assert "UNCOUNTED: " + found[-1] in topo.bwbpf("stat", "-c", str(env.config)).stdout
     # Counting goes on after the restore, the gap not in the slice's usage.
     topo.send(topo.dst_ip, 5, 1000, src=topo.limited_src_ip)
     sent += 5 * frame
@@ -376,4 +380,34 @@ def test_one_interface_one_owner(env: Env) -> None:
         datapath.remove_pins(f"{bpffs}/bwbpf/{topo.veth_a}")
         with contextlib.suppress(OSError):
             bpffs.rmdir()
+        shutil.rmtree(other_state, ignore_errors=True)
+
+
+def test_take_over_leaves_the_first_daemon_hands_off(env: Env) -> None:
+    """`up --take-over` from another configuration while the first one's daemon runs: the
+    new classifier stays, and the old daemon neither restores its own nor shapes; it says
+    so in stat."""
+    topo = env.topo
+    first = env.write_config("")
+    other_state = env.tmp / "other-state"
+    second = env.tmp / "second.toml"
+    second.write_text(first.read_text().replace(str(env.state_dir), str(other_state)))
+    daemon = env.start_daemon()
+    env.wait_tick(daemon, 0)
+    try:
+        refused = topo.bwbpf("up", "-c", str(second), check=False)
+        assert refused.returncode == 1 and "--take-over" in refused.stderr, refused.stderr
+        assert topo.bwbpf("up", "-c", str(second), "--take-over").returncode == 0
+        taken = sh(*topo.in_src("tc", "filter", "show", "dev", topo.veth_a)).stdout
+        assert f"bwbpf_egress:{other_state}" in taken
+        after = time.time()
+        env.wait_tick(daemon, after)
+        status = env.wait_tick(daemon, time.time())
+        assert any("another bwbpf's" in p for p in status["problems"]), status["problems"]
+        assert daemon.poll() is None, env.daemon_log()
+        # Not fought over: the second owner's classifier is still the one attached.
+        assert sh(*topo.in_src("tc", "filter", "show", "dev", topo.veth_a)).stdout == taken
+        assert stop(daemon) == 0, env.daemon_log()
+        assert topo.bwbpf("down", "-c", str(second)).returncode == 0
+    finally:
         shutil.rmtree(other_state, ignore_errors=True)

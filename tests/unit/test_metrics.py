@@ -168,7 +168,14 @@ def test_exposition_has_exact_values_and_labels(tmp_path: Path) -> None:
     exporter = metrics.Exporter("lo")
     exporter.update(
         metrics.snapshot(
-            cfg, ledger, decisions, errors, now=T0 + 0.5, tick_duration_s=0.125, problems=2
+            cfg,
+            ledger,
+            decisions,
+            errors,
+            now=T0 + 0.5,
+            tick_duration_s=0.125,
+            problems=2,
+            uncounted_bytes=17714,
         )
     )
     text = exporter.render().decode()
@@ -199,14 +206,16 @@ def test_exposition_has_exact_values_and_labels(tmp_path: Path) -> None:
         ("bwbpf_last_tick_timestamp_seconds", frozenset({("interface", "lo")})): T0 + 0.5,
         ("bwbpf_tick_interval_seconds", frozenset({("interface", "lo")})): 5,
         ("bwbpf_problems", frozenset({("interface", "lo")})): 2,
+        ("bwbpf_uncounted_bytes_total", frozenset({("interface", "lo")})): 17714,
     }
     for reason, count in errors.items():
         key = frozenset({"interface": "lo", "reason": reason}.items())
         expected[("bwbpf_datapath_errors_total", key)] = count
     for key, value in expected.items():
         assert got.get(key) == value, key
-    # Four classes × (2 counters + 9 gauges), 3 error reasons, build info, 4 daemon gauges.
-    assert len(got) == 4 * 11 + 3 + 1 + 4
+    # Four classes × (2 counters + 9 gauges), 3 error reasons, build info, 4 daemon gauges
+    # and the uncounted bytes.
+    assert len(got) == 4 * 11 + 3 + 1 + 4 + 1
     # The literal lines a scraper sees, labels sorted, types declared.
     assert 'bwbpf_slice_bytes_total{dclass="normal",interface="lo",slice="alice"} 9000000' in text
     assert "# TYPE bwbpf_slice_bytes_total counter" in text
@@ -408,7 +417,7 @@ def test_daemon_without_metrics_section_serves_nothing(tmp_path: Path) -> None:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", str(DEPLOY / "alerts.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_promtool_alert_rule_unit_tests() -> None:
