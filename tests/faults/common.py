@@ -13,9 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import require_root, unique
+from tests.conftest import unique
 from tests.integration.netns import Topology, sh
 from tests.integration.test_daemon import read_json, wait_for
 
@@ -28,12 +26,17 @@ CONFIG = """
 interface = "{interface}"
 line_rate = "1gbit"
 node_cap = "500mbit"
-tick = "1s"
+tick = "{tick}"
 state_dir = "{state_dir}"
 
 [quota]
-period = "1h"
+period = "{period}"
 {extra}
+{slices}
+"""
+
+# The slice most fault tests watch: matched by the topology's limited source address.
+SLICE_TEMPLATE = """
 [[slice]]
 name = "{slice}"
 id = {slice_id}
@@ -56,20 +59,37 @@ class FaultEnv:
         self.mounts: list[Path] = []
         self.logs = 0
 
-    def config_text(self, extra: str = "", max_rate: str = "100mbit") -> str:
+    def config_text(
+        self,
+        slices: str | None = None,
+        *,
+        tick: str = "1s",
+        period: str = "1h",
+        extra: str = "",
+        max_rate: str = "100mbit",
+    ) -> str:
+        """The test's config: ``slices`` as given (TOML ``[[slice]]`` tables), or by default
+        the one slice SLICE matched by the limited source address."""
+        if slices is None:
+            slices = SLICE_TEMPLATE.format(
+                slice=SLICE, slice_id=SLICE_ID, src=self.topo.limited_src_ip, max_rate=max_rate
+            )
         return CONFIG.format(
             interface=self.topo.veth_a,
             state_dir=self.state_dir,
+            tick=tick,
+            period=period,
             extra=extra,
-            slice=SLICE,
-            slice_id=SLICE_ID,
-            src=self.topo.limited_src_ip,
-            max_rate=max_rate,
+            slices=slices,
         )
 
-    def write_config(self, **kwargs: str) -> Path:
-        self.config.write_text(self.config_text(**kwargs))
+    def write_config(self, slices: str | None = None, **kwargs: str) -> Path:
+        self.config.write_text(self.config_text(slices, **kwargs))
         return self.config
+
+    @property
+    def pin_dir(self) -> Path:
+        return Path("/sys/fs/bpf/bwbpf") / self.topo.veth_a
 
     @property
     def status_path(self) -> Path:
@@ -88,14 +108,14 @@ class FaultEnv:
         )
         return proc
 
-    def log(self) -> str:
+    def daemon_log(self) -> str:
         return "\n".join(p.read_text() for p in sorted(self.tmp.glob("daemon*.log")))
 
     def wait_tick(self, proc: subprocess.Popen[bytes], after: float, timeout: float = 60) -> dict:
         """The status file of proc's first tick after time ``after``."""
 
         def ticked() -> dict | None:
-            assert proc.poll() is None, f"daemon exited {proc.returncode}: {self.log()}"
+            assert proc.poll() is None, f"daemon exited {proc.returncode}: {self.daemon_log()}"
             doc = read_json(self.status_path)
             if doc and doc["pid"] == proc.pid and doc["last_tick"] > after:
                 return doc
@@ -124,13 +144,6 @@ class FaultEnv:
                 if sh("umount", str(target), check=False).returncode != 0:
                     sh("umount", "-l", str(target), check=False)
             shutil.rmtree(self.state_dir, ignore_errors=True)
-
-
-def fault_env(tmp: Path) -> FaultEnv:
-    require_root()
-    if shutil.which("nsenter") is None:
-        pytest.skip("nsenter is not installed")
-    return FaultEnv(tmp)
 
 
 def fd_count(pid: int) -> int:

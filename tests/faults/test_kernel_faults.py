@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,87 +17,11 @@ import pytest
 
 from bwbpf import bpfsys, datapath
 from tests.conftest import require_root, unique
-from tests.integration.netns import BWBPF, Topology, sh
+from tests.faults.common import UDP4_OVERHEAD, FaultEnv
+from tests.integration.netns import BWBPF, sh
 from tests.integration.test_daemon import read_json, stop, wait_for
 
-pytestmark = [pytest.mark.root, pytest.mark.integration]
-
-UDP4_OVERHEAD = 42
-
-
-def _topology() -> Topology:
-    return Topology(
-        src_ns=unique("bwkS"), dst_ns=unique("bwkD"), veth_a=unique("bwkA"), veth_b=unique("bwkB")
-    )
-
-
-class Env:
-    """A topology, a config directory and the daemon's log, for one test."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.topo = _topology()
-        self.tmp = tmp
-        self.state_dir = tmp / "state"
-        self.config = tmp / "bwbpf.toml"
-        self.status_path = self.state_dir / f"{self.topo.veth_a}.status.json"
-        self.log = tmp / "daemon.log"
-
-    @property
-    def pin_dir(self) -> Path:
-        return Path("/sys/fs/bpf/bwbpf") / self.topo.veth_a
-
-    def write_config(self, slices: str, tick: str = "1s") -> Path:
-        self.config.write_text(f"""
-[node]
-interface = "{self.topo.veth_a}"
-line_rate = "1gbit"
-node_cap = "500mbit"
-tick = "{tick}"
-state_dir = "{self.state_dir}"
-
-[quota]
-period = "1d"
-{slices}
-""")
-        return self.config
-
-    def start_daemon(self) -> subprocess.Popen[bytes]:
-        return self.topo.run_daemon(self.config, log=self.log)
-
-    def daemon_log(self) -> str:
-        try:
-            return self.log.read_text()
-        except OSError:
-            return ""
-
-    def wait_tick(self, proc: subprocess.Popen[bytes], after: float, timeout: float = 60) -> dict:
-        """The status file of proc's first tick that started after time ``after``."""
-
-        def ticked() -> dict | None:
-            assert proc.poll() is None, f"daemon exited: {self.daemon_log()}"
-            doc = read_json(self.status_path)
-            if doc and doc["pid"] == proc.pid and doc["last_tick"] > after:
-                return doc
-            return None
-
-        return wait_for("a daemon tick", ticked, timeout=timeout)
-
-    def cleanup(self) -> None:
-        self.topo.teardown()
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    require_root()
-    if shutil.which("nsenter") is None:
-        pytest.skip("nsenter is not installed")
-    e = Env(tmp_path)
-    try:
-        e.topo.setup()
-        yield e
-    finally:
-        e.cleanup()
+pytestmark = [pytest.mark.root, pytest.mark.faults]
 
 
 def _slices(first_id: int, count: int, octet: int) -> str:
@@ -125,7 +48,7 @@ def _rss_kib(pid: int) -> int:
 RELOADS = 50
 
 
-def test_reloads_do_not_leak(env: Env) -> None:
+def test_reloads_do_not_leak(env: FaultEnv) -> None:
     """SIGHUP, alternating between two slice sets: fds flat, RSS bounded."""
     octet = env.topo.octet
     set_a = _slices(100, 50, octet)
@@ -154,7 +77,7 @@ def test_reloads_do_not_leak(env: Env) -> None:
     assert stop(daemon) == 0, env.daemon_log()
 
 
-def test_up_in_ip_netns_exec_mounts_bpffs(env: Env) -> None:
+def test_up_in_ip_netns_exec_mounts_bpffs(env: FaultEnv) -> None:
     """`ip netns exec` shows a fresh sysfs whose /sys/fs/bpf is no bpffs: up mounts one
     (one line on stderr), and down removes what up installed."""
     env.write_config("")
@@ -180,7 +103,7 @@ SLICE = "tenant"
 SLICE_ID = 7
 
 
-def _slice_bytes(env: Env) -> int:
+def _slice_bytes(env: FaultEnv) -> int:
     doc = env.topo.stat(env.config)
     s = {x["name"]: x for x in doc["slices"]}[SLICE]
     return int(s["classes"]["normal"]["bytes"])
@@ -194,12 +117,12 @@ def _pinned_map_id(path: Path) -> int:
         os.close(fd)
 
 
-def _filter_shown(env: Env) -> bool:
+def _filter_shown(env: FaultEnv) -> bool:
     out = sh(*env.topo.in_src("tc", "filter", "show", "dev", env.topo.veth_a)).stdout
     return "bwbpf_egress" in out
 
 
-def test_pins_and_filter_removed_under_the_daemon(env: Env) -> None:
+def test_pins_and_filter_removed_under_the_daemon(env: FaultEnv) -> None:
     topo = env.topo
     env.write_config(
         f'[[slice]]\nname = "{SLICE}"\nid = {SLICE_ID}\n'
@@ -302,7 +225,7 @@ def cgroup_dir() -> Iterator[Path]:
             path.rmdir()
 
 
-def test_cgroup_made_after_start_and_remade(env: Env, cgroup_dir: Path) -> None:
+def test_cgroup_made_after_start_and_remade(env: FaultEnv, cgroup_dir: Path) -> None:
     mount = Path(datapath.cgroup2_mount())
     topo = env.topo
     env.write_config(
@@ -347,7 +270,7 @@ def test_cgroup_made_after_start_and_remade(env: Env, cgroup_dir: Path) -> None:
     assert stop(daemon) == 0, env.daemon_log()
 
 
-def test_one_interface_one_owner(env: Env) -> None:
+def test_one_interface_one_owner(env: FaultEnv) -> None:
     """A second configuration with another state_dir, or another bpffs, on an interface
     whose classifier is the first one's: refused with one line, nothing changed."""
     topo = env.topo
@@ -383,7 +306,7 @@ def test_one_interface_one_owner(env: Env) -> None:
         shutil.rmtree(other_state, ignore_errors=True)
 
 
-def test_take_over_leaves_the_first_daemon_hands_off(env: Env) -> None:
+def test_take_over_leaves_the_first_daemon_hands_off(env: FaultEnv) -> None:
     """`up --take-over` from another configuration while the first one's daemon runs: the
     new classifier stays, and the old daemon neither restores its own nor shapes; it says
     so in stat."""

@@ -6,25 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.faults.common import FaultEnv, fault_env, fd_count
+from tests.faults.common import FaultEnv, fd_count
 from tests.integration.test_daemon import read_json, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.faults]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[FaultEnv]:
-    e = fault_env(tmp_path)
-    try:
-        e.topo.setup()
-        yield e
-    finally:
-        e.cleanup()
 
 
 def test_hundred_hups_in_a_second(env: FaultEnv) -> None:
@@ -33,11 +21,11 @@ def test_hundred_hups_in_a_second(env: FaultEnv) -> None:
     env.wait_tick(daemon, 0)
     # A first reload opens whatever a reload opens; the fd count is taken after it.
     os.kill(daemon.pid, signal.SIGHUP)
-    wait_for("the first reload", lambda: "reloaded" in env.log(), timeout=60)
+    wait_for("the first reload", lambda: "reloaded" in env.daemon_log(), timeout=60)
     env.wait_tick(daemon, time.time())
     before = fd_count(daemon.pid)
 
-    reloads = env.log().count("reloaded")
+    reloads = env.daemon_log().count("reloaded")
     started = time.monotonic()
     for i in range(100):
         os.kill(daemon.pid, signal.SIGHUP)
@@ -53,10 +41,10 @@ def test_hundred_hups_in_a_second(env: FaultEnv) -> None:
     env.wait_tick(daemon, after_storm)
     assert daemon.poll() is None
     # HUPs that arrive together are one reload: the burst is a few, not 50.
-    reloads = env.log().count("reloaded") - reloads
+    reloads = env.daemon_log().count("reloaded") - reloads
     assert 1 <= reloads <= 70, reloads
     assert fd_count(daemon.pid) <= before + 2, os.listdir(f"/proc/{daemon.pid}/fd")
-    assert "Traceback" not in env.log()
+    assert "Traceback" not in env.daemon_log()
 
     os.kill(daemon.pid, signal.SIGTERM)
     assert daemon.wait(timeout=30) == 0
@@ -81,23 +69,24 @@ def test_broken_config_files_never_end_the_daemon(env: FaultEnv) -> None:
         "fifo-exempt": env.config_text(extra=f'\n[exempt]\nfiles = ["{fifo}"]\n').encode(),
     }
     for name, content in cases.items():
-        errors = env.log().count("reload: keeping")
+        errors = env.daemon_log().count("reload: keeping")
         env.config.write_bytes(content)
         os.kill(daemon.pid, signal.SIGHUP)
         wait_for(
-            f"{name}: the reload error", lambda n=errors: env.log().count("reload: keeping") > n
+            f"{name}: the reload error",
+            lambda n=errors: env.daemon_log().count("reload: keeping") > n,
         )
-        line = env.log().split("reload: keeping")[-1].split("\n")[0]
+        line = env.daemon_log().split("reload: keeping")[-1].split("\n")[0]
         env.wait_tick(daemon, time.time())
         problems = _reload_problems(env)
         assert daemon.poll() is None, name
         assert len(problems) == 1 and problems[0].endswith(line), (name, problems, line)
-    assert "Traceback" not in env.log()
+    assert "Traceback" not in env.daemon_log()
 
     # The old configuration is in force all along; a good reload clears the problem.
     env.config.write_text(good)
     os.kill(daemon.pid, signal.SIGHUP)
-    wait_for("the reload", lambda: "reloaded" in env.log(), timeout=60)
+    wait_for("the reload", lambda: "reloaded" in env.daemon_log(), timeout=60)
     env.wait_tick(daemon, time.time())
     assert _reload_problems(env) == []
     os.kill(daemon.pid, signal.SIGTERM)

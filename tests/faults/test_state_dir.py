@@ -8,25 +8,13 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.faults.common import SLICE, UDP4_OVERHEAD, FaultEnv, fault_env, fill
+from tests.faults.common import SLICE, UDP4_OVERHEAD, FaultEnv, fill
 from tests.integration.test_daemon import read_json, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.faults]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[FaultEnv]:
-    e = fault_env(tmp_path)
-    try:
-        e.topo.setup()
-        yield e
-    finally:
-        e.cleanup()
 
 
 def _refused(env: FaultEnv, reason: str) -> None:
@@ -74,13 +62,13 @@ def test_disk_filling_up_while_running(env: FaultEnv) -> None:
 
     filler = fill(env.state_dir)
     full_at = time.time()
-    wait_for("the ENOSPC", lambda: "No space left on device" in env.log())
+    wait_for("the ENOSPC", lambda: "No space left on device" in env.daemon_log())
     env.topo.send(env.topo.dst_ip, 50, 1000, src=env.topo.limited_src_ip)
     sent += 50 * (1000 + UDP4_OVERHEAD)
     time.sleep(3)
     assert daemon.poll() is None
     # Still ticking: one line per file per tick (the state and the status), not per slice.
-    lines = [line for line in env.log().splitlines() if "No space left on device" in line]
+    lines = [line for line in env.daemon_log().splitlines() if "No space left on device" in line]
     assert len(lines) >= 4
     tick_lines = {line.split("cannot write ")[-1].split(" ")[0] for line in lines}
     assert tick_lines == {"state", "status"}, lines
