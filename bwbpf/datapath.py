@@ -373,14 +373,18 @@ def ensure_bpffs(path: str) -> None:
 
 
 def _has_l2(ifname: str) -> bool:
-    """Ethernet-like devices carry a link-layer header at tc egress; tun/wireguard do not."""
-    try:
-        with open(f"/sys/class/net/{ifname}/type") as f:
-            arphrd = int(f.read())
-    except OSError:
+    """Ethernet-like devices carry a link-layer header at tc egress; tun/wireguard do not.
+    The device type is read over netlink, in our network namespace: sysfs shows the
+    namespace that mounted it (under nsenter, the host's), not necessarily ours."""
+    from pyroute2 import IPRoute
+
+    index = interface_index_or_none(ifname)
+    if index is None:
         return True
+    with IPRoute() as ipr:
+        links = ipr.get_links(index)
     # ARPHRD_ETHER 1, ARPHRD_LOOPBACK 772 have Ethernet headers; ARPHRD_NONE 0xfffe does not.
-    return arphrd != 0xFFFE
+    return not links or links[0]["ifi_type"] != 0xFFFE
 
 
 def interface_index(ifname: str) -> int:

@@ -335,3 +335,16 @@ def test_take_over_leaves_the_first_daemon_hands_off(env: FaultEnv) -> None:
         assert topo.bwbpf("down", "-c", str(second)).returncode == 0
     finally:
         shutil.rmtree(other_state, ignore_errors=True)
+
+
+def test_device_without_link_layer_seen_from_its_own_namespace(env: FaultEnv) -> None:
+    """A tun device inside the test namespace, looked at under nsenter (whose /sys is the
+    host's, where the device does not exist): bwbpf must still see it has no Ethernet
+    header, or it would parse every packet 14 bytes off."""
+    tun = unique("bwkT")
+    sh("ip", "-n", env.topo.src_ns, "tuntap", "add", "dev", tun, "mode", "tun")
+    assert not os.path.exists(f"/sys/class/net/{tun}")  # as nsenter's view shows it
+    probe = "import sys; from bwbpf import datapath; print(datapath._has_l2(sys.argv[1]))"
+    seen = sh(*env.topo.in_src(sys.executable, "-c", probe, tun)).stdout.split()
+    veth = sh(*env.topo.in_src(sys.executable, "-c", probe, env.topo.veth_a)).stdout.split()
+    assert (seen, veth) == (["False"], ["True"])
