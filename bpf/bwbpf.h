@@ -1,8 +1,8 @@
 /* Structs and constants shared by every bwbpf program and read by the daemon.
  *
- * Sizes come from bwbpf/limits.py as -D flags (one definition, STYLE.md #3); the daemon
- * reads these layouts through bcc's ctypes (table.Key/table.Leaf) or through the mirror in
- * bwbpf/layout.py, which a test compares with the structs below.
+ * Sizes come from bwbpf/limits.py as -D flags (one definition: docs/conventions.md, rule 1);
+ * the daemon reads these layouts through bcc's ctypes (table.Key/table.Leaf) or through
+ * the mirror in bwbpf/layout.py, which a test compares with the structs below.
  */
 #ifndef BWBPF_H
 #define BWBPF_H

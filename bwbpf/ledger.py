@@ -1,8 +1,8 @@
 """Per-period usage of every slice and class, worked out from raw kernel counters.
 
-The datapath's counters only ever go up (STYLE.md #4); user space never clears them. The
-ledger remembers, per slice name and destination class, the last raw reading and what the
-class used this period, and adds the difference at every tick.
+The datapath's counters only ever go up (docs/conventions.md, rule 2); user space never
+clears them. The ledger remembers, per slice name and destination class, the last raw
+reading and what the class used this period, and adds the difference at every tick.
 
 Rules, each fixing something the reference bwmon got wrong:
 

@@ -1,6 +1,6 @@
 """What a long-running daemon needs around its work: the interface's lock file, a check that
 the state directory can be written before anything is installed, and signals delivered
-through a self-pipe (STYLE.md #9).
+through a self-pipe (docs/conventions.md, rule 3).
 
 Every failure here is one line (``bwbpf.Error``), never a traceback.
 """

@@ -1,4 +1,4 @@
-"""What ``bwbpf stat`` shows: the document of the contract in DESIGN.md, and its table.
+"""What ``bwbpf stat`` shows: the contract document (docs/conventions.md, rule 4), and its table.
 
 Sources, freshest first: the pinned kernel counters (live), the daemon's status file (the
 period, the usage up to its last tick, the ceilings it decided) and the installed HTB

@@ -23,7 +23,8 @@ fi
 
 # bcc compiles against /lib/modules/$(uname -r)/build. Prefer the running kernel's own
 # headers; without them, tc programs need only UAPI structs, so Debian's generic headers
-# work when linked where bcc looks (measured on kernel 6.18 with 6.1 headers, DESIGN.md).
+# work when linked where bcc looks (measured on kernel 6.18 with 6.1 headers;
+# docs/conventions.md, rule 5).
 release=$(uname -r)
 build=/lib/modules/$release/build
 if [ ! -e "$build/include" ]; then
