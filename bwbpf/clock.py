@@ -92,6 +92,10 @@ class AccountingClock:
         return current
 
     @property
+    def started(self) -> bool:
+        return self._base is not None
+
+    @property
     def jumped(self) -> bool:
         """Whether the wall clock is away from the accounting clock by a jump now."""
         return abs(self.offset_s) > self.tolerance_s

@@ -27,6 +27,7 @@ from bwbpf.units import (
     parse_rate,
     parse_size,
 )
+from bwbpf.units import shown as _shown
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
@@ -198,7 +199,6 @@ _BUILTIN_CLASS = {
     "normal": {"limit": "5.4GB", "threshold": 0.8, "min_rate": "8bit", "avg_rate": "500kbit"},
     "exempt": {"limit": "16.4GB", "threshold": 0.8, "min_rate": "8bit", "avg_rate": "1.5mbit"},
 }
-_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+$")
 _PORT = re.compile(r"[0-9]{1,5}")
 # What a prefix can be made of: anything else is refused without asking ipaddress, which
 # keeps a file of a million lines of garbage fast.
@@ -207,15 +207,6 @@ _PREFIX_CHARS = re.compile(
 )
 # The longest period of each calendar kind (with an hour for a DST change).
 _CALENDAR_SECONDS = {"daily": 25 * 3600, "weekly": 7 * 86400 + 3600, "monthly": 31 * 86400 + 3600}
-
-
-def _shown(value: object) -> str:
-    """``repr(value)``, cut short: a message names a value, it does not echo a megabyte."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print (sys.get_int_max_str_digits)
-        return f"<a {type(value).__name__} too long to show>"
-    return text if len(text) <= 64 else text[:61] + "..."
 
 
 def _within(path: str, key: str, base: str, name: str) -> str:
@@ -970,6 +961,14 @@ def cgroup2_mount() -> str | None:
     return None
 
 
+def cgroup_full_path(path: str, mount: str) -> str:
+    """A configured cgroup as a path: one under the cgroup v2 mount as it is, any other
+    relative to the mount (``/system.slice/x``)."""
+    if path == mount or path.startswith(mount.rstrip("/") + "/"):
+        return path
+    return os.path.join(mount, path.lstrip("/"))
+
+
 def _check_cgroups(c: _Checker, slices: list[Slice], keys: dict[str, str]) -> None:
     """Refuse a cgroup deeper than the classifier walks; warn about one that does not exist
     (yet): until it does its traffic counts to the default slice (the daemon looks the
@@ -998,12 +997,7 @@ def _check_cgroups(c: _Checker, slices: list[Slice], keys: dict[str, str]) -> No
                     " its traffic will go to the default slice",
                 )
                 continue
-            # As datapath.resolve_cgroup reads it: under the mount, or relative to it.
-            full = (
-                path
-                if path == mount or path.startswith(mount.rstrip("/") + "/")
-                else os.path.join(mount, path.lstrip("/"))
-            )
+            full = cgroup_full_path(path, mount)
             if not os.path.isdir(full):
                 c.warn(
                     key,

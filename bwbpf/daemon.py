@@ -200,7 +200,6 @@ class Daemon:
         self.foreign_owner: str | None = None
         # Tick times: the wall clock at start, then elapsed time only (bwbpf/clock.py).
         self.clock = clock or AccountingClock()
-        self._started = False
         self._jump_logged: float | None = None
         self.ledger = Ledger()
         self.state_path = state.state_file(cfg.state_dir, cfg.interface)
@@ -219,8 +218,6 @@ class Daemon:
         # compile; released when a new one replaces it (node.up).
         self._program: datapath.Program | None = None
         self.watch = node.Watch()
-        # Bytes the device sent while bwbpf's classifier was found missing (node.Watch).
-        self.uncounted_bytes = 0
         self.exporter = metrics.Exporter(cfg.interface)
 
     # -- start and stop -------------------------------------------------------------------
@@ -237,7 +234,6 @@ class Daemon:
             log.error("%s", problem)
             self.lasting_problems.append(problem)
         self.clock.start(self.ledger.last_read_at())
-        self._started = True
         if self.clock.start_note:
             log.warning("%s: %s", self.cfg.interface, self.clock.start_note)
         if self.dry_run:
@@ -251,7 +247,7 @@ class Daemon:
         try:
             # Without the lock the state file is another daemon's: never write it.
             if self._lock is not None:
-                now = self.clock.now() if self._started else None
+                now = self.clock.now() if self.clock.started else None
                 state.save_state(self.state_path, self.cfg.interface, self.ledger, now)
         finally:
             self.exporter.close()
@@ -266,12 +262,7 @@ class Daemon:
                 self._lock = None
 
     def _take_lock(self) -> None:
-        try:
-            os.makedirs(self.cfg.state_dir, exist_ok=True)
-        except OSError as exc:
-            raise Error(
-                f"state directory {self.cfg.state_dir} cannot be created: {exc.strerror or exc}"
-            ) from None
+        # The state directory exists: start() probed it (lifecycle.probe_state_dir).
         self._lock = lifecycle.take_lock(self.lock_path, self.cfg.interface)
 
     def _install(self, ceils: Mapping[tuple[int, int], int]) -> None:
@@ -377,7 +368,6 @@ class Daemon:
         assert self._counters is not None and self._program is not None
         self.watch.refresh_cgroups(self.cfg, self._program)
         gap = self.watch.account(self.cfg, self._counters, bool(lost))
-        self.uncounted_bytes = self.watch.uncounted_bytes
         if lost:
             problem = (
                 f"{self.cfg.interface}: the {' and '.join(lost)} was missing;"
@@ -450,6 +440,11 @@ class Daemon:
             log.info("slice %s: mailed %s", name, message["To"])
             # Record it at once: a crash before the next tick must not mail twice.
             self._guard(self._save, now)
+
+    @property
+    def uncounted_bytes(self) -> int:
+        """Bytes the device sent while bwbpf's classifier was found missing (node.Watch)."""
+        return self.watch.uncounted_bytes
 
     def _note_clock(self) -> None:
         """A wall clock jump is shown in stat every tick it lasts and logged once."""

@@ -85,11 +85,7 @@ class CgroupRef:
 
 def resolve_cgroup(path: str, mount: str) -> CgroupRef:
     """A path under the cgroup v2 mount, or one relative to it (``/system.slice/x``)."""
-    full = (
-        path
-        if path == mount or path.startswith(mount.rstrip("/") + "/")
-        else (os.path.join(mount, path.lstrip("/")))
-    )
+    full = config.cgroup_full_path(path, mount)
     try:
         ino = os.stat(full).st_ino
     except OSError as exc:
@@ -278,7 +274,7 @@ def release(bpf: Any) -> None:
     atexit.unregister(bpf.cleanup)
     # LLVM's allocations only go back to the kernel with malloc_trim (glibc).
     with contextlib.suppress(AttributeError, OSError):
-        ctypes.CDLL(None).malloc_trim(0)
+        _libc.malloc_trim(0)
 
 
 class Program:
@@ -298,20 +294,7 @@ class Program:
 
     def repin(self, pin_dir: str) -> bool:
         """Pin the program again if its pin is gone or names another; True if it did."""
-        path = os.path.join(pin_dir, PROGRAM_PIN)
-        try:
-            fd = bpfsys.obj_get(path)
-        except FileNotFoundError:
-            fd = None
-        if fd is not None:
-            try:
-                if bpfsys.prog_info(fd).id == self.id:
-                    return False
-            finally:
-                os.close(fd)
-            os.unlink(path)
-        bpfsys.obj_pin(self.fd, path)
-        return True
+        return _pin_again(self.fd, os.path.join(pin_dir, PROGRAM_PIN), _prog_id)
 
     def close(self) -> None:
         if self.bpf is not None:
@@ -376,15 +359,22 @@ def _has_l2(ifname: str) -> bool:
     """Ethernet-like devices carry a link-layer header at tc egress; tun/wireguard do not.
     The device type is read over netlink, in our network namespace: sysfs shows the
     namespace that mounted it (under nsenter, the host's), not necessarily ours."""
+    link = _link(ifname)
+    # ARPHRD_ETHER 1, ARPHRD_LOOPBACK 772 have Ethernet headers; ARPHRD_NONE 0xfffe does not.
+    return link is None or link["ifi_type"] != 0xFFFE
+
+
+def _link(ifname: str) -> Any:
+    """The device's RTM_NEWLINK message, read over netlink in our network namespace (sysfs
+    shows the namespace that mounted it: under nsenter, the host's); None if it is gone."""
     from pyroute2 import IPRoute
 
     index = interface_index_or_none(ifname)
     if index is None:
-        return True
+        return None
     with IPRoute() as ipr:
         links = ipr.get_links(index)
-    # ARPHRD_ETHER 1, ARPHRD_LOOPBACK 772 have Ethernet headers; ARPHRD_NONE 0xfffe does not.
-    return not links or links[0]["ifi_type"] != 0xFFFE
+    return links[0] if links else None
 
 
 def interface_index(ifname: str) -> int:
@@ -490,15 +480,43 @@ def _attr_u32(nla: Any, attr_type: int) -> int | None:
     return None
 
 
-def pinned_prog_id(pin_dir: str) -> int | None:
+def _prog_id(fd: int) -> int:
+    return int(bpfsys.prog_info(fd).id)
+
+
+def _map_id(fd: int) -> int:
+    return int(bpfsys.map_info(fd).id)
+
+
+def _pinned_id(path: str, object_id: Any) -> int | None:
+    """The kernel id (``object_id(fd)``) of what is pinned at ``path``; None if nothing is."""
     try:
-        fd = bpfsys.obj_get(os.path.join(pin_dir, PROGRAM_PIN))
-    except OSError:
+        fd = bpfsys.obj_get(path)
+    except FileNotFoundError:
         return None
     try:
-        return int(bpfsys.prog_info(fd).id)
+        return int(object_id(fd))
     finally:
         os.close(fd)
+
+
+def _pin_again(fd: int, path: str, object_id: Any) -> bool:
+    """Pin ``fd`` at ``path`` unless that pin already names the same object (someone
+    removed it, or pinned another there); True if it pinned."""
+    pinned = _pinned_id(path, object_id)
+    if pinned == object_id(fd):
+        return False
+    if pinned is not None:
+        os.unlink(path)
+    bpfsys.obj_pin(fd, path)
+    return True
+
+
+def pinned_prog_id(pin_dir: str) -> int | None:
+    try:
+        return _pinned_id(os.path.join(pin_dir, PROGRAM_PIN), _prog_id)
+    except OSError:
+        return None
 
 
 def check_owner(cfg: Config, current_id: int | None = None) -> None:
@@ -520,16 +538,9 @@ def check_owner(cfg: Config, current_id: int | None = None) -> None:
 
 
 def tx_bytes(ifname: str) -> int | None:
-    """The device's own transmitted-bytes counter (IFLA_STATS64), read over netlink: sysfs
-    shows the namespace that mounted it, not necessarily ours."""
-    from pyroute2 import IPRoute
-
-    index = interface_index_or_none(ifname)
-    if index is None:
-        return None
-    with IPRoute() as ipr:
-        links = ipr.get_links(index)
-    stats = links[0].get_attr("IFLA_STATS64") if links else None
+    """The device's own transmitted-bytes counter (IFLA_STATS64)."""
+    link = _link(ifname)
+    stats = None if link is None else link.get_attr("IFLA_STATS64")
     return None if stats is None else int(stats["tx_bytes"])
 
 
@@ -579,11 +590,11 @@ class Counters:
         count from zero, even when they have since passed the old readings."""
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
-        return f"{boot}/{bpfsys.map_info(self._counters).id}"
+        return f"{boot}/{self.map_id}"
 
     @property
     def map_id(self) -> int:
-        return int(bpfsys.map_info(self._counters).id)
+        return _map_id(self._counters)
 
     def close(self) -> None:
         for fd in (self._counters, self._errors):
@@ -593,25 +604,12 @@ class Counters:
         """Pin the maps this reader holds again where a pin is missing or names another
         map (someone removed the pins): the counts go on, nothing restarts from zero.
         Returns the paths re-pinned."""
-        restored = []
         os.makedirs(self.pin_dir, exist_ok=True)
-        for name, fd in (("counters", self._counters), ("errors", self._errors)):
-            path = os.path.join(self.pin_dir, name)
-            ours = bpfsys.map_info(fd).id
-            try:
-                pinned = bpfsys.obj_get(path)
-            except FileNotFoundError:
-                pinned = None
-            if pinned is not None:
-                try:
-                    if bpfsys.map_info(pinned).id == ours:
-                        continue
-                finally:
-                    os.close(pinned)
-                os.unlink(path)
-            bpfsys.obj_pin(fd, path)
-            restored.append(path)
-        return restored
+        paths = (
+            (os.path.join(self.pin_dir, name), fd)
+            for name, fd in (("counters", self._counters), ("errors", self._errors))
+        )
+        return [path for path, fd in paths if _pin_again(fd, path, _map_id)]
 
     def total_bytes(self) -> int:
         """Bytes counted over every slot, slice and class: what passed the classifier."""

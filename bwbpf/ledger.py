@@ -379,13 +379,24 @@ def _time(value: object, where: str, now: float | None = None) -> float:
     except (TypeError, OverflowError):
         seconds = math.nan
     if not math.isfinite(seconds):
-        text = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
-        raise ValueError(f"{where}: must be a finite number of seconds, not {text}")
+        raise ValueError(f"{where}: must be a finite number of seconds, not {_brief(value)}")
+    check_time_bounds(seconds, where, now)
+    return seconds
+
+
+def check_time_bounds(seconds: float, where: str, now: float | None) -> None:
+    """A time read back from disk: after 2000-01-01 and at most 400 days after ``now``
+    (when known), else ValueError naming ``where``."""
     if now is not None and not EARLIEST_TIME <= seconds <= now + FUTURE_SLACK_S:
         raise ValueError(
             f"{where}: {seconds:.10g} is not between 2000-01-01 and 400 days from now ({now:.0f})"
         )
-    return seconds
+
+
+def _brief(value: object) -> str:
+    """``repr(value)``, cut short for a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}..."
 
 
 def _bool(value: object, where: str) -> bool:
@@ -396,8 +407,7 @@ def _bool(value: object, where: str) -> bool:
 
 def _int(value: object, where: str) -> int:
     if not _count(value):
-        text = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
-        raise ValueError(f"{where}: must be an integer >= 0, not {text}")
+        raise ValueError(f"{where}: must be an integer >= 0, not {_brief(value)}")
     assert isinstance(value, int)
     if value > MAX_COUNT:
         raise ValueError(f"{where}: {value:.3g} is more than 2**63-1")

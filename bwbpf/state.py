@@ -15,13 +15,13 @@ import errno
 import json
 import math
 import os
-import secrets
 import stat
+import tempfile
 import time
 from typing import Any
 
 from bwbpf.errors import Error
-from bwbpf.ledger import EARLIEST_TIME, FUTURE_SLACK_S, Ledger
+from bwbpf.ledger import Ledger, check_time_bounds
 
 STATE_VERSION = 1
 
@@ -113,10 +113,7 @@ def _parse(raw: bytes, interface: str, now: float | None = None) -> Ledger:
         or not math.isfinite(saved_at)
     ):
         raise ValueError(f"saved_at: must be a number, not {saved_at!r}")
-    if now is not None and not EARLIEST_TIME <= saved_at <= now + FUTURE_SLACK_S:
-        raise ValueError(
-            f"saved_at: {saved_at:.10g} is not between 2000-01-01 and 400 days from now ({now:.0f})"
-        )
+    check_time_bounds(float(saved_at), "saved_at", now)
     unknown = sorted(set(document) - {"version", "interface", "saved_at", "ledger"})
     if unknown:
         raise ValueError(f"unknown key {', '.join(unknown)}")
@@ -147,14 +144,15 @@ def _set_aside(path: str, why: str, now: float | None) -> str:
 def write_atomic(path: str, data: bytes) -> None:
     """Replace ``path`` with ``data``: a new file, synced, renamed over it.
 
-    Nothing is ever written through a symbolic link: the temporary file is created with
-    O_EXCL | O_NOFOLLOW (a fresh random name, never an existing file), and rename(2)
-    replaces a symbolic link at ``path`` by the file, leaving the link's target alone.
+    Nothing is ever written through a symbolic link: tempfile.mkstemp creates the temporary
+    file with O_EXCL | O_NOFOLLOW under a fresh random name (never an existing file), and
+    rename(2) replaces a symbolic link at ``path`` by the file, leaving the link's target
+    alone.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Same directory as the target: rename(2) is atomic only within one filesystem.
-    fd, tmp = _create_temporary(directory, os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             # Not secret, and `bwbpf stat` may read it without being root.
@@ -174,14 +172,3 @@ def write_atomic(path: str, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def _create_temporary(directory: str, base: str) -> tuple[int, str]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(100):
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o600), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary file name", directory)

@@ -58,7 +58,7 @@ class UnitError(ValueError):
     """A value that is not a number followed by one of the allowed units."""
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """``repr(value)``, cut short: a message names a value, it does not echo a megabyte."""
     try:
         text = repr(value)
@@ -71,11 +71,9 @@ def _parse(
     text: object, units: dict[str, int], kind: str, example: str, maximum: int, largest: str
 ) -> int:
     if isinstance(text, bool) or not isinstance(text, str):
-        raise UnitError(
-            f"{kind} must be a string with a unit, e.g. {example!r}, not {_shown(text)}"
-        )
+        raise UnitError(f"{kind} must be a string with a unit, e.g. {example!r}, not {shown(text)}")
     if len(text) > MAX_TEXT:
-        raise UnitError(f"{_shown(text)} is too long for a {kind} (at most {MAX_TEXT} characters)")
+        raise UnitError(f"{shown(text)} is too long for a {kind} (at most {MAX_TEXT} characters)")
     m = _NUMBER.match(text)
     if not m:
         raise UnitError(f"{text!r} is not a {kind}, e.g. {example!r}")

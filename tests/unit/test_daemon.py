@@ -199,6 +199,7 @@ def test_sd_notify_sends_a_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_second_daemon_on_the_interface_is_refused(cfg: config.Config) -> None:
     first = daemon.Daemon(cfg, dry_run=True)
+    lifecycle.probe_state_dir(cfg.state_dir)  # as start() does before it takes the lock
     first._take_lock()
     try:
         second = daemon.Daemon(cfg, dry_run=True)

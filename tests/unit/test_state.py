@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bwbpf import state as state_module
 from bwbpf.config import Period
 from bwbpf.errors import Error
 from bwbpf.ledger import Ledger
@@ -385,8 +385,8 @@ def test_temporary_file_is_never_an_existing_one(
     through; another name is taken."""
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
-    names = iter(["planted", "fresh"])
-    monkeypatch.setattr(state_module.secrets, "token_hex", lambda _n: next(names))
+    # tempfile.mkstemp's name generator, made to offer the planted name first.
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: iter(["planted", "fresh"]))
     planted = tmp_path / ".ledger.json.planted.tmp"
     planted.symlink_to(victim)
     write_atomic(str(tmp_path / "ledger.json"), b"new\n")
