@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from bwbpf import __version__, config
-from bwbpf.errors import ConfigError, Error
+from bwbpf.errors import ConfigError, Error, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_CONFIG = "/etc/bwbpf/bwbpf.toml"
@@ -31,18 +31,12 @@ def _debug() -> bool:
 def _fail(message: str) -> None:
     """One line on stderr, exit 1. The message is folded onto one line: it may quote a
     file's contents or an exception's text."""
-    text = " ".join(str(message).split()) or "unexpected error"
-    if len(text) > 500:
-        text = text[:497] + "..."
-    click.echo(f"bwbpf: {text}", err=True)
+    click.echo(f"bwbpf: {one_line(message)}", err=True)
     sys.exit(1)
 
 
 def _os_error(exc: OSError) -> str:
-    where = " ".join(str(f) for f in (exc.filename, exc.filename2) if f)
-    text = exc.strerror or str(exc) or type(exc).__name__
-    hint = " (run as root)" if isinstance(exc, PermissionError) else ""
-    return f"{text}: {where}{hint}" if where else f"{text}{hint}"
+    return one_line(exc) + (" (run as root)" if isinstance(exc, PermissionError) else "")
 
 
 def _friendly(func: F) -> F:

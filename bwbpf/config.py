@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bwbpf import limits
-from bwbpf.errors import ConfigError
+from bwbpf.errors import ConfigError, one_line
 from bwbpf.units import (
     MAX_SIZE_BYTES,
     UnitError,
@@ -727,11 +727,6 @@ def _check_node_caps(c: _Checker, s: Slice, key: str, node_cap: int, line_rate: 
     )
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
-
-
 def _node_rate(c: _Checker, key: str, value: object) -> int | None:
     """A node rate; 0 or anything below HTB's 1 byte/s is refused, never taken as unset."""
     rate = c.convert(key, value, parse_rate)
@@ -753,7 +748,7 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
     except MemoryError:
         raise
     except Exception as exc:  # e.g. ValueError: an integer of more than 4300 digits
-        raise ConfigError([f"{path}: not valid TOML: {_one_line(exc)}"]) from None
+        raise ConfigError([f"{path}: not valid TOML: {one_line(str(exc), 200)}"]) from None
     c.table(doc, "", _TOP_KEYS)
     node = c.table(doc.get("node"), "node", _NODE_KEYS)
     quota = c.table(doc.get("quota"), "quota", _QUOTA_KEYS)
@@ -889,13 +884,6 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
                     f"makes notify.slice_address {_shown(address)}, not a mail address",
                 )
     metrics = _metrics(c, doc.get("metrics"))
-    if interface and bpffs and state_dir:
-        try:
-            _within(path, "node.interface", os.path.join(bpffs, "bwbpf"), interface)
-            _within(path, "node.interface", state_dir, f"ledger-{interface}.json")
-        except ConfigError as exc:  # pragma: no cover - INTERFACE_NAME already refuses it
-            for problem in exc.problems:
-                c.problems.append(problem)
     if c.problems:
         raise ConfigError(c.listed("problems"))
     assert default_slice is not None

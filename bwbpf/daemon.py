@@ -18,8 +18,8 @@ from typing import Any, Protocol
 from bwbpf import config, datapath, lifecycle, metrics, node, notify, periods, policy, state, status
 from bwbpf.clock import AccountingClock, describe_offset
 from bwbpf.config import Config
-from bwbpf.errors import ConfigError, Error
-from bwbpf.ledger import Ledger, Reading
+from bwbpf.errors import ConfigError, Error, one_line
+from bwbpf.ledger import MAX_COUNT, Ledger, Reading
 from bwbpf.limits import DCLASSES
 from bwbpf.notify import CappedClass
 from bwbpf.policy import Decision
@@ -368,10 +368,11 @@ class Daemon:
         assert self._counters is not None and self._program is not None
         self.watch.refresh_cgroups(self.cfg, self._program)
         gap = self.watch.account(self.cfg, self._counters, bool(lost))
+        self.ledger.uncounted_bytes = min(self.ledger.uncounted_bytes + gap, MAX_COUNT)
         if lost:
             problem = (
                 f"{self.cfg.interface}: the {' and '.join(lost)} was missing;"
-                f" {gap} bytes passed uncounted ({self.uncounted_bytes} since start)"
+                f" {gap} bytes passed uncounted ({self.uncounted_bytes} in all)"
             )
             log.warning("%s", problem)
             self.tick_problems.append(problem)
@@ -383,7 +384,7 @@ class Daemon:
         try:
             step(*args)
         except Exception as exc:
-            problem = lifecycle.one_line(exc)
+            problem = one_line(exc)
             if not isinstance(exc, Error):
                 problem = f"{getattr(step, '__name__', 'step').lstrip('_')}: {problem}"
             if problem not in self.tick_problems:
@@ -443,8 +444,9 @@ class Daemon:
 
     @property
     def uncounted_bytes(self) -> int:
-        """Bytes the device sent while bwbpf's classifier was found missing (node.Watch)."""
-        return self.watch.uncounted_bytes
+        """Bytes the device sent while bwbpf's classifier was found missing (node.Watch),
+        in all: the ledger keeps the total across restarts."""
+        return self.ledger.uncounted_bytes
 
     def _note_clock(self) -> None:
         """A wall clock jump is shown in stat every tick it lasts and logged once."""
@@ -521,7 +523,7 @@ class Daemon:
         except Exception as exc:
             adopted, self.cfg = self.cfg is not old, old
             why = "; ".join(exc.problems) if isinstance(exc, ConfigError) else None
-            problem = f"reload: keeping the configuration in use: {why or lifecycle.one_line(exc)}"
+            problem = f"reload: keeping the configuration in use: {why or one_line(exc)}"
             log.error("%s", problem)
             self.reload_problems = [problem]
             if adopted:
@@ -554,7 +556,7 @@ class Daemon:
                 self._install(recorded_ceilings(self.cfg, self.ledger))
             self._serve_metrics()
         except Exception as exc:
-            problem = f"reload: restoring the configuration in use: {lifecycle.one_line(exc)}"
+            problem = f"reload: restoring the configuration in use: {one_line(exc)}"
             log.error("%s", problem)
             self.reload_problems.append(problem)
 
@@ -569,9 +571,7 @@ class Daemon:
             except Error:
                 raise
             except Exception as exc:
-                raise Error(
-                    f"cannot start on {self.cfg.interface}: {lifecycle.one_line(exc)}"
-                ) from exc
+                raise Error(f"cannot start on {self.cfg.interface}: {one_line(exc)}") from exc
             self.tick(self.clock.now())
             if once:
                 return
@@ -600,7 +600,7 @@ class Daemon:
                     try:
                         self.tick(self.clock.now())
                     except Exception as exc:  # each step is guarded; this is the last resort
-                        log.error("tick: %s", lifecycle.one_line(exc))
+                        log.error("tick: %s", one_line(exc))
                     # Never a burst of catch-up ticks after a stall (a suspend, a slow mail).
                     next_tick = max(next_tick + self.cfg.tick_s, time.monotonic())
         finally:

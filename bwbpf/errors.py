@@ -1,4 +1,5 @@
-"""The one exception hierarchy the CLI turns into a one-line message and exit 1."""
+"""The one exception hierarchy the CLI turns into a one-line message and exit 1, and the
+one way any message or exception becomes that line."""
 
 
 class Error(Exception):
@@ -15,3 +16,18 @@ class ConfigError(Error):
             if len(problems) == 1
             else f"{len(problems)} problems: " + "; ".join(problems)
         )
+
+
+def one_line(what: BaseException | str, limit: int = 500) -> str:
+    """A message folded onto one line (it may quote a file's contents or an exception's
+    text) and cut at ``limit`` characters. An exception: a ``bwbpf.Error`` as it is, an
+    ``OSError`` as its reason and files, anything else with its type, as it is unexpected."""
+    if isinstance(what, str | Error):
+        text = str(what)
+    elif isinstance(what, OSError) and what.strerror:
+        files = " ".join(str(f) for f in (what.filename, what.filename2) if f)
+        text = f"{what.strerror}: {files}" if files else what.strerror
+    else:
+        text = f"{type(what).__name__}: {what}" if str(what) else type(what).__name__
+    text = " ".join(text.split()) or "unexpected error"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -102,6 +102,9 @@ class Ledger:
         self._restarted = False
         # Which kernel maps the baselines were read from (see datapath.Counters.generation).
         self.counters_generation: str | None = None
+        # Bytes the device sent while bwbpf's classifier was missing (node.Watch): kept
+        # with the ledger, so the total an operator reconciles against survives restarts.
+        self.uncounted_bytes = 0
 
     def __len__(self) -> int:
         return len(self._slices)
@@ -112,9 +115,10 @@ class Ledger:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Ledger):
             return NotImplemented
-        return (self._slices, self.counters_generation) == (
+        return (self._slices, self.counters_generation, self.uncounted_bytes) == (
             other._slices,
             other.counters_generation,
+            other.uncounted_bytes,
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable
@@ -244,6 +248,7 @@ class Ledger:
         """A plain, JSON-ready dict; ``from_dict`` reads it back."""
         return {
             "counters_generation": self.counters_generation,
+            "uncounted_bytes": self.uncounted_bytes,
             "slices": {
                 name: {
                     "period_start": r.period_start,
@@ -280,10 +285,12 @@ class Ledger:
         used, a period ending in the year 10**292) would otherwise cap a slice for the rest
         of its period.
         """
-        # counters_generation came later: a ledger without it is still read.
-        if isinstance(data, dict) and "counters_generation" not in data:
-            data = {**data, "counters_generation": None}
-        top = _table(data, "ledger", {"slices", "counters_generation"})
+        # counters_generation and uncounted_bytes came later: a ledger without them is
+        # still read.
+        if isinstance(data, dict):
+            data = {"counters_generation": None, "uncounted_bytes": 0, **data}
+        top = _table(data, "ledger", {"slices", "counters_generation", "uncounted_bytes"})
+        uncounted = _int(top["uncounted_bytes"], "ledger.uncounted_bytes")
         generation = top["counters_generation"]
         if generation is not None and not isinstance(generation, str):
             raise ValueError(
@@ -294,6 +301,7 @@ class Ledger:
             raise ValueError(f"ledger.slices: must be an object, not {_kind(raw_slices)}")
         ledger = cls()
         ledger.counters_generation = generation
+        ledger.uncounted_bytes = uncounted
         for name, raw in raw_slices.items():
             where = f"ledger.slices.{name!r}"
             if not isinstance(name, str) or not name or not name.isprintable():

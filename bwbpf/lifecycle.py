@@ -25,18 +25,6 @@ from bwbpf.errors import Error
 PROBE_BYTES = 4096
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: ``bwbpf.Error`` as it is; anything else with its type,
-    as it is unexpected (an ``OSError`` with its reason and file)."""
-    if isinstance(exc, Error):
-        text = str(exc)
-    elif isinstance(exc, OSError) and exc.strerror:
-        text = f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
-    else:
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return " ".join(text.split())[:1000]
-
-
 # -- the state directory --------------------------------------------------------------------
 
 

@@ -74,7 +74,8 @@ FAMILIES = {
     "bwbpf_problems": "Problems the daemon reports (as `bwbpf stat` shows them); 0 when healthy.",
     "bwbpf_uncounted_bytes_total": (
         "Bytes the device sent while bwbpf's classifier was found missing (removed or"
-        " replaced), since the daemon started: traffic no slice was charged for."
+        " replaced), kept in the state file across restarts: traffic no slice was charged"
+        " for."
     ),
 }
 

@@ -89,7 +89,6 @@ class Watch:
     was missing."""
 
     def __init__(self) -> None:
-        self.uncounted_bytes = 0
         # (counters map id, device tx bytes, bytes counted) at the last tick.
         self._last: tuple[int, int, int] | None = None
         # None until the first refresh: node.up has logged what was missing then.
@@ -147,7 +146,7 @@ class Watch:
     def account(self, cfg: Config, counters: datapath.Counters, classifier_missing: bool) -> int:
         """Compare the device's tx bytes with the counters' growth since the last tick; when
         the classifier was found missing, the shortfall is traffic nobody counted. Returns
-        it (0 otherwise) and adds it to ``uncounted_bytes``."""
+        it (0 otherwise)."""
         tx = datapath.tx_bytes(cfg.interface)
         if tx is None:
             self._last = None
@@ -157,7 +156,6 @@ class Watch:
         gap = 0
         if classifier_missing and self._last is not None and self._last[0] == map_id:
             gap = max(0, (tx - self._last[1]) - (counted - self._last[2]))
-            self.uncounted_bytes += gap
         self._last = (map_id, tx, counted)
         return gap
 

@@ -254,11 +254,13 @@ def _sample() -> Ledger:
     ledger.set_notified("alice")
     tick(ledger, 20.5, {"alice": {NORMAL: (6000, 6), EXEMPT: (70, 1)}})
     ledger.counters_generation = "boot-1/42"
+    ledger.uncounted_bytes = 1042
     return ledger
 
 
 SAMPLE_DICT: dict[str, Any] = {
     "counters_generation": "boot-1/42",
+    "uncounted_bytes": 1042,
     "slices": {
         "alice": {
             "period_start": 0.5,
@@ -318,6 +320,16 @@ def test_counters_generation() -> None:
     assert Ledger.from_dict(older).counters_generation is None
     with pytest.raises(ValueError, match=r"ledger\.counters_generation: must be a string"):
         Ledger.from_dict({**SAMPLE_DICT, "counters_generation": 7})
+
+
+def test_uncounted_bytes_kept_and_bounded() -> None:
+    assert Ledger.from_dict(copy.deepcopy(SAMPLE_DICT)).uncounted_bytes == 1042
+    older = copy.deepcopy(SAMPLE_DICT)
+    del older["uncounted_bytes"]  # a state file from before the field existed
+    assert Ledger.from_dict(older).uncounted_bytes == 0
+    for bad, why in ((-1, "integer >= 0"), (2**63, "more than 2"), ("7", "integer"), (True, "")):
+        with pytest.raises(ValueError, match=rf"ledger\.uncounted_bytes: .*{why}"):
+            Ledger.from_dict({**SAMPLE_DICT, "uncounted_bytes": bad})
 
 
 def test_from_dict_round_trip() -> None:
