@@ -100,6 +100,13 @@ class Ledger:
     def __init__(self) -> None:
         self._slices: dict[str, SliceRecord] = {}
         self._restarted = False
+        # Every period recomputed at the next update (the config's period changed).
+        self._recheck = False
+        # When the last update read the counters: every live slice was read then.
+        self.read_at: float | None = None
+        # Names whose record the last update changed (new usage, a new period, born or
+        # died): what the rest of a tick needs to look at again.
+        self.changed: set[str] = set()
         # Which kernel maps the baselines were read from (see datapath.Counters.generation).
         self.counters_generation: str | None = None
         # Bytes the device sent while bwbpf's classifier was missing (node.Watch): kept
@@ -144,31 +151,55 @@ class Ledger:
             for dclass, reading in by_class.items():
                 _check_reading(name, dclass, reading)
         restarted, self._restarted = self._restarted, False
+        recheck, self._recheck = self._recheck, False
+        previous, self.read_at = self.read_at, now
+        changed: set[str] = set()
+        slices = self._slices
         for name, by_class in readings.items():
-            self._slices[name] = self._account(name, by_class, now, periods, restarted)
-        for name, record in list(self._slices.items()):
-            if name in readings:
+            record = slices.get(name)
+            # The common case at scale: an idle slice in the same period. Nothing to do.
+            if (
+                record is not None
+                and record.live
+                and now < record.period_end
+                and not (restarted or recheck)
+                and all(record.classes[d].last == r for d, r in by_class.items())
+            ):
                 continue
-            if now >= record.period_end:
-                del self._slices[name]
-            elif record.live:
-                classes = tuple(replace(c, last=None) for c in record.classes)
-                self._slices[name] = replace(record, live=False, classes=classes)
+            slices[name] = self._account(record, name, by_class, now, periods, restarted, previous)
+            changed.add(name)
+        if len(slices) != len(readings):  # some remembered slice was not read
+            for name in slices.keys() - readings.keys():
+                record = slices[name]
+                if now >= record.period_end:
+                    del slices[name]
+                    changed.add(name)
+                elif record.live:
+                    classes = tuple(replace(c, last=None) for c in record.classes)
+                    slices[name] = replace(record, live=False, classes=classes)
+                    changed.add(name)
+        self.changed = changed
 
     def counters_restarted(self) -> None:
         """The kernel counters were recreated: at the next ``update`` every reading counts
         from zero, for slices with or without a baseline."""
         self._restarted = True
 
+    def periods_changed(self) -> None:
+        """The configured period changed (a reload): the next ``update`` works out every
+        slice's period again, not only those whose period ended."""
+        self._recheck = True
+
     def _account(
         self,
+        record: SliceRecord | None,
         name: str,
         by_class: Mapping[int, Reading],
         now: float,
         periods: PeriodFn,
         restarted: bool,
+        previous: float | None,
     ) -> SliceRecord:
-        record = self._slices.get(name)
         # The part of the time since the last reading that lies in this period.
         share = (1.0, 1.0)
         if record is None:
@@ -182,8 +213,11 @@ class Ledger:
                 # Bytes since the last reading were sent partly before the new period began;
                 # without a finer clock, assume a steady rate and charge the new period only
                 # its part of the gap.
-                if record.read_at is not None and record.read_at < start <= now:
-                    share = (now - start, now - record.read_at)
+                # A live slice was last read at the previous update, whether or not its
+                # record changed then.
+                read = previous if record.live and previous is not None else record.read_at
+                if read is not None and read < start <= now:
+                    share = (now - start, now - read)
                 classes = tuple(
                     replace(c, used_bytes=0, used_packets=0, capped=False) for c in record.classes
                 )
@@ -221,6 +255,8 @@ class Ledger:
     def last_read_at(self) -> float | None:
         """The latest time any counter was accounted at: the accounting clock never starts
         before it (clock.AccountingClock)."""
+        if self.read_at is not None:
+            return self.read_at
         times = [r.read_at for r in self._slices.values() if r.read_at is not None]
         return max(times) if times else None
 
@@ -248,6 +284,7 @@ class Ledger:
         """A plain, JSON-ready dict; ``from_dict`` reads it back."""
         return {
             "counters_generation": self.counters_generation,
+            "read_at": self.read_at,
             "uncounted_bytes": self.uncounted_bytes,
             "slices": {
                 name: {
@@ -288,8 +325,10 @@ class Ledger:
         # counters_generation and uncounted_bytes came later: a ledger without them is
         # still read.
         if isinstance(data, dict):
-            data = {"counters_generation": None, "uncounted_bytes": 0, **data}
-        top = _table(data, "ledger", {"slices", "counters_generation", "uncounted_bytes"})
+            data = {"counters_generation": None, "read_at": None, "uncounted_bytes": 0, **data}
+        top = _table(
+            data, "ledger", {"slices", "counters_generation", "read_at", "uncounted_bytes"}
+        )
         uncounted = _int(top["uncounted_bytes"], "ledger.uncounted_bytes")
         generation = top["counters_generation"]
         if generation is not None and not isinstance(generation, str):
@@ -302,6 +341,7 @@ class Ledger:
         ledger = cls()
         ledger.counters_generation = generation
         ledger.uncounted_bytes = uncounted
+        last_read = top["read_at"]
         for name, raw in raw_slices.items():
             where = f"ledger.slices.{name!r}"
             if not isinstance(name, str) or not name or not name.isprintable():
@@ -330,6 +370,10 @@ class Ledger:
                 read_at=None if read_at is None else _time(read_at, f"{where}.read_at", now),
                 classes=tuple(_class_record(s[d], f"{where}.{d}") for d in DCLASSES),
             )
+        if last_read is not None:
+            ledger.read_at = _time(last_read, "ledger.read_at", now)
+        else:  # a file from before the field: every live slice was read at the latest time
+            ledger.read_at = ledger.last_read_at()
         return ledger
 
 

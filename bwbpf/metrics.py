@@ -68,7 +68,14 @@ FAMILIES = {
         "Packets the classifier could not handle normally, by reason (each still sent to a"
         " real HTB class: the datapath fails open)."
     ),
-    "bwbpf_tick_duration_seconds": "How long the last tick took (counters, policy, HTB, state).",
+    "bwbpf_tick_duration_seconds": (
+        "How long the last completed tick took, all of it (counters, policy, HTB, state,"
+        " mail, metrics, status)."
+    ),
+    "bwbpf_tick_cpu_seconds": "CPU time the last completed tick used (all threads).",
+    "bwbpf_tick_written_bytes": (
+        "Bytes the last completed tick wrote to files (state, status, metrics textfile)."
+    ),
     "bwbpf_last_tick_timestamp_seconds": "When the last completed tick ran.",
     "bwbpf_tick_interval_seconds": "The configured tick; a last tick older than a few is stale.",
     "bwbpf_problems": "Problems the daemon reports (as `bwbpf stat` shows them); 0 when healthy.",
@@ -109,6 +116,8 @@ class Snapshot:
     last_tick: float
     tick_duration_s: float
     classes: tuple[ClassSample, ...] = ()
+    tick_cpu_s: float = 0.0
+    tick_written_bytes: int = 0
     # Datapath error counters by reason (limits.ERROR_REASONS).
     errors: Mapping[str, int] = field(default_factory=dict)
     problems: int = 0
@@ -123,6 +132,8 @@ def snapshot(
     *,
     now: float,
     tick_duration_s: float,
+    tick_cpu_s: float = 0.0,
+    tick_written_bytes: int = 0,
     problems: int = 0,
     uncounted_bytes: int = 0,
 ) -> Snapshot:
@@ -160,6 +171,8 @@ def snapshot(
         tick_s=cfg.tick_s,
         last_tick=now,
         tick_duration_s=tick_duration_s,
+        tick_cpu_s=tick_cpu_s,
+        tick_written_bytes=tick_written_bytes,
         classes=tuple(classes),
         errors=dict(errors),
         problems=problems,
@@ -217,6 +230,8 @@ def render(snap: Snapshot | None, interface: str, version: str = __version__) ->
         )
         for name, value in (
             ("bwbpf_tick_duration_seconds", snap.tick_duration_s),
+            ("bwbpf_tick_cpu_seconds", snap.tick_cpu_s),
+            ("bwbpf_tick_written_bytes", snap.tick_written_bytes),
             ("bwbpf_last_tick_timestamp_seconds", snap.last_tick),
             ("bwbpf_tick_interval_seconds", snap.tick_s),
             ("bwbpf_problems", snap.problems),

@@ -37,12 +37,15 @@ class Decision:
     """The ceiling a class should have now, and why.
 
     ``capped`` is True when the quota holds the ceiling below ``max_rate``; a ceiling that
-    equals ``max_rate`` is never capped, whatever the usage.
+    equals ``max_rate`` is never capped, whatever the usage. ``moves`` is True when the
+    ceiling changes with time alone (the smooth formula between threshold and limit): the
+    decision must be taken again at the next tick even if the class sent nothing.
     """
 
     ceil_bps: int
     capped: bool
     reason: str
+    moves: bool = False
 
 
 def byte_limit(quota: ClassQuota, policy: str, period_start: float, period_end: float) -> int:
@@ -93,6 +96,7 @@ def decide(
         ceil,
         ceil < hi,
         f"threshold passed: {left_bytes} bytes left for {remaining_s:.0f} s",
+        moves=True,
     )
 
 

@@ -284,13 +284,18 @@ class Shaper:
         requests; returns the number of changes. Parents must come before their children."""
         if installed is None:
             installed = self.classes()
-        changed = [
-            self._put_request(spec)
+        return self.put(
+            spec
             for spec in specs
             if (have := installed.get(spec.handle)) is None or not same(spec, have)
-        ]
-        self._classes.run(changed)
-        return len(changed)
+        )
+
+    def put(self, specs: Iterable[ClassSpec]) -> int:
+        """Create or change these classes as they are, without listing what is installed
+        (the caller knows what it set); returns how many. Parents before children."""
+        requests = [self._put_request(spec) for spec in specs]
+        self._classes.run(requests)
+        return len(requests)
 
     def remove_others(
         self, keep: Iterable[int], installed: dict[int, InstalledClass] | None = None

@@ -25,6 +25,15 @@ from bwbpf.ledger import Ledger, check_time_bounds
 
 STATE_VERSION = 1
 
+# Bytes this process wrote with write_atomic (state, status, metrics textfile): the
+# daemon reports them per tick.
+_written = 0
+
+
+def written_bytes() -> int:
+    """Bytes written by write_atomic in this process so far."""
+    return _written
+
 
 def state_file(state_dir: str, interface: str) -> str:
     """Where the ledger of an interface is kept: one file per interface."""
@@ -161,6 +170,8 @@ def write_atomic(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        global _written
+        _written += len(data)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

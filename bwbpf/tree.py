@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bwbpf import classid, limits
-from bwbpf.config import Config
+from bwbpf.config import Config, Slice
 
 # The reference's bwlimit: quantum = share × 1600, about one MTU-sized packet per share, so
 # that HTB's deficit round robin splits spare bandwidth by share.
@@ -25,6 +25,23 @@ class ClassSpec:
     quantum: int  # bytes per DRR round
 
 
+def leaf(cfg: Config, s: Slice, dclass: int, ceil_bps: int | None = None) -> ClassSpec:
+    """One slice's class for one destination class, with the ceiling the policy wants
+    (``None``: the slice's max rate), kept within its parent and above its guarantee."""
+    q = s.quota(dclass)
+    parent_ceil = cfg.node_cap_bps if dclass == limits.DCLASS_NORMAL else cfg.line_rate_bps
+    ceil = q.max_rate_bps if ceil_bps is None else ceil_bps
+    # HTB needs ceil >= rate; the guarantee wins over a lower quota ceiling.
+    ceil = max(min(ceil, parent_ceil), q.min_rate_bps)
+    return ClassSpec(
+        classid.slice_class(s.id, dclass),
+        classid.parent_class(dclass),
+        q.min_rate_bps,
+        ceil,
+        s.share * QUANTUM_PER_SHARE,
+    )
+
+
 def desired_tree(
     cfg: Config, ceilings: Mapping[tuple[int, int], int] | None = None
 ) -> list[ClassSpec]:
@@ -36,20 +53,8 @@ def desired_tree(
     guaranteed = dict.fromkeys(parent_ceil, 0)
     for s in cfg.all_slices():
         for dclass in (limits.DCLASS_NORMAL, limits.DCLASS_EXEMPT):
-            q = s.quota(dclass)
-            ceil = ceilings.get((s.id, dclass), q.max_rate_bps)
-            # HTB needs ceil >= rate; the guarantee wins over a lower quota ceiling.
-            ceil = max(min(ceil, parent_ceil[dclass]), q.min_rate_bps)
-            guaranteed[dclass] += q.min_rate_bps
-            leaves.append(
-                ClassSpec(
-                    classid.slice_class(s.id, dclass),
-                    classid.parent_class(dclass),
-                    q.min_rate_bps,
-                    ceil,
-                    s.share * QUANTUM_PER_SHARE,
-                )
-            )
+            guaranteed[dclass] += s.quota(dclass).min_rate_bps
+            leaves.append(leaf(cfg, s, dclass, ceilings.get((s.id, dclass))))
     # A parent guarantees what its children are guaranteed, within its own ceiling.
     parents = [
         ClassSpec(

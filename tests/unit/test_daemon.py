@@ -114,6 +114,39 @@ def test_slice_unknown_to_the_ledger_gets_no_decision(cfg: config.Config) -> Non
     assert daemon.ceilings(cfg, {}) == {}
 
 
+def test_decision_cache_agrees_with_deciding_everything(tmp_path: Path) -> None:
+    """The incremental decisions equal a full decide_all at every tick: random traffic
+    across thresholds, limits and period rollovers, idle ticks, slices leaving the config
+    and a reload."""
+    import random
+
+    rng = random.Random(7)
+    cfg = make_config(tmp_path)
+    ledger, cache = Ledger(), daemon.DecisionCache()
+    counters = {5: [0, 0], 6: [0, 0]}
+    now = T0
+    for step in range(400):
+        now += rng.choice((1.0, 1.0, 7.0, 250.0))
+        for sid in counters:
+            if rng.random() < 0.3:  # most slices idle at most ticks
+                counters[sid][rng.randrange(2)] += rng.choice((1_000, 500_000, 3_000_000))
+        raw = {sid: (U(b, 1), U(x, 1)) for sid, (b, x) in counters.items()}
+        if step == 200:  # bob leaves the config (a reload)
+            cfg = config.parse(
+                (tmp_path / "bwbpf.toml").read_text().split('[[slice]]\nname = "bob"')[0],
+                str(tmp_path / "bwbpf.toml"),
+                check_interface=False,
+            )
+            cache.reset()
+            ledger.periods_changed()
+        account(cfg, ledger, now, raw)
+        redecided = cache.update(cfg, ledger, now)
+        assert cache.decisions == daemon.decide_all(cfg, ledger, now), step
+        capped = {n for n, by in cache.decisions.items() if any(d.capped for d in by.values())}
+        assert cache.capped == capped, step
+        assert ledger.changed <= redecided | set(ledger.slices(include_dead=True)), step
+
+
 def test_recorded_ceilings_come_from_the_ledger(cfg: config.Config) -> None:
     ledger = capped_alice(cfg)
     assert daemon.recorded_ceilings(cfg, ledger) == {}

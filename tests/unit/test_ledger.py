@@ -146,6 +146,53 @@ def test_period_length_reconfigured_keeps_usage() -> None:
     assert ledger.usage("alice", NORMAL) == 4000
 
 
+def test_idle_slices_cost_nothing_and_are_not_changed() -> None:
+    ledger = Ledger()
+    tick(ledger, 0.0, {"alice": {NORMAL: (0, 0)}, "bob": {NORMAL: (0, 0)}})
+    assert ledger.changed == {"alice", "bob"}
+    tick(ledger, 10.0, {"alice": {NORMAL: (500, 1)}, "bob": {NORMAL: (0, 0)}})
+    assert ledger.changed == {"alice"}
+    idle = ledger.get("bob")
+    tick(ledger, 20.0, {"alice": {NORMAL: (500, 1)}, "bob": {NORMAL: (0, 0)}})
+    assert ledger.changed == set()
+    assert ledger.get("bob") is idle  # not even rebuilt
+    assert ledger.read_at == ledger.last_read_at() == 20.0
+
+
+def test_rollover_after_idle_ticks_splits_over_the_last_tick_only() -> None:
+    """An idle slice's record is not rewritten, but it was read at every tick: traffic
+    that shows at the first tick after a rollover was sent since the previous tick."""
+    ledger = Ledger()
+    tick(ledger, 0.0, {"alice": {NORMAL: (0, 0)}})
+    tick(ledger, 10.0, {"alice": {NORMAL: (100, 1)}})
+    for now in (500.0, 990.0):
+        tick(ledger, now, {"alice": {NORMAL: (100, 1)}})
+    tick(ledger, 1010.0, {"alice": {NORMAL: (300, 3)}})  # the period rolled at 1000
+    # 200 bytes between 990 and 1010: half of them in the new period (not 10/1000).
+    assert ledger.period("alice") == (1000.0, 2000.0)
+    assert ledger.usage("alice", NORMAL) == 100
+
+
+def test_reconfigured_period_reaches_idle_slices_after_periods_changed() -> None:
+    ledger = Ledger()
+    tick(ledger, 0.0, {"alice": {NORMAL: (0, 0)}})
+    tick(ledger, 10.0, {"alice": {NORMAL: (3000, 3)}})
+    ledger.periods_changed()
+    tick(ledger, 20.0, {"alice": {NORMAL: (3000, 3)}}, Period("rolling", 5000))
+    assert ledger.period("alice") == (0.0, 5000.0)
+    assert ledger.usage("alice", NORMAL) == 3000 and ledger.changed == {"alice"}
+
+
+def test_read_at_is_kept_in_the_dict() -> None:
+    ledger = _sample()
+    assert Ledger.from_dict(copy.deepcopy(ledger.to_dict())).read_at == 20.5
+    older = copy.deepcopy(SAMPLE_DICT)
+    del older["read_at"]  # from before the field: the latest slice's reading
+    assert Ledger.from_dict(older).read_at == 20.5
+    with pytest.raises(ValueError, match=r"ledger\.read_at: must be a finite number"):
+        Ledger.from_dict({**SAMPLE_DICT, "read_at": "noon"})
+
+
 def test_clock_going_back_keeps_period_and_usage() -> None:
     ledger = Ledger()
     tick(ledger, 500.0, {"alice": {NORMAL: (0, 0)}})
@@ -260,6 +307,7 @@ def _sample() -> Ledger:
 
 SAMPLE_DICT: dict[str, Any] = {
     "counters_generation": "boot-1/42",
+    "read_at": 20.5,
     "uncounted_bytes": 1042,
     "slices": {
         "alice": {

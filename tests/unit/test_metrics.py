@@ -174,6 +174,8 @@ def test_exposition_has_exact_values_and_labels(tmp_path: Path) -> None:
             errors,
             now=T0 + 0.5,
             tick_duration_s=0.125,
+            tick_cpu_s=0.0625,
+            tick_written_bytes=4096,
             problems=2,
             uncounted_bytes=17714,
         )
@@ -203,6 +205,8 @@ def test_exposition_has_exact_values_and_labels(tmp_path: Path) -> None:
         ("bwbpf_slice_bytes_total", labels("default", "normal")): 0,
         ("bwbpf_slice_capped", labels("default", "exempt")): 0,
         ("bwbpf_tick_duration_seconds", frozenset({("interface", "lo")})): 0.125,
+        ("bwbpf_tick_cpu_seconds", frozenset({("interface", "lo")})): 0.0625,
+        ("bwbpf_tick_written_bytes", frozenset({("interface", "lo")})): 4096,
         ("bwbpf_last_tick_timestamp_seconds", frozenset({("interface", "lo")})): T0 + 0.5,
         ("bwbpf_tick_interval_seconds", frozenset({("interface", "lo")})): 5,
         ("bwbpf_problems", frozenset({("interface", "lo")})): 2,
@@ -213,9 +217,9 @@ def test_exposition_has_exact_values_and_labels(tmp_path: Path) -> None:
         expected[("bwbpf_datapath_errors_total", key)] = count
     for key, value in expected.items():
         assert got.get(key) == value, key
-    # Four classes × (2 counters + 9 gauges), 3 error reasons, build info, 4 daemon gauges
+    # Four classes × (2 counters + 9 gauges), 3 error reasons, build info, 6 daemon gauges
     # and the uncounted bytes.
-    assert len(got) == 4 * 11 + 3 + 1 + 4 + 1
+    assert len(got) == 4 * 11 + 3 + 1 + 6 + 1
     # The literal lines a scraper sees, labels sorted, types declared.
     assert 'bwbpf_slice_bytes_total{dclass="normal",interface="lo",slice="alice"} 9000000' in text
     assert "# TYPE bwbpf_slice_bytes_total counter" in text

@@ -96,7 +96,7 @@ def test_average(quota: ClassQuota, used: int, now: float, ceil: int, capped: bo
             "smooth",
             9_990_000,
             998.0,
-            Decision(40_000, True, "threshold passed: 10000 bytes left for 2 s"),
+            Decision(40_000, True, "threshold passed: 10000 bytes left for 2 s", moves=True),
             id="threshold",
         ),
         pytest.param(
@@ -132,7 +132,17 @@ def test_reference_defaults_smooth() -> None:
     quota = ClassQuota(5_400_000_000, 4_320_000_000, 8, 100_000_000, 500_000)
     decision = decide(quota, "smooth", 4_400_000_000, 0.0, 86400.0, 86400.0 - 21600)
     reason = "threshold passed: 1000000000 bytes left for 21600 s"
-    assert decision == Decision(370_370, True, reason)
+    assert decision == Decision(370_370, True, reason, moves=True)
+
+
+def test_only_the_smooth_ramp_moves_with_time() -> None:
+    """What the daemon may skip at a tick when a class sent nothing: every decision but
+    the smooth one between threshold and limit stays the same as time passes."""
+    for policy, used in (("smooth", 0), ("smooth", 10_000_000), ("average", 10_000_000)):
+        early, late = (decide(Q, policy, used, START, END, now) for now in (1.0, 900.0))
+        assert early == late and not early.moves, (policy, used)
+    early, late = (decide(Q, "smooth", 9_990_000, START, END, now) for now in (1.0, 900.0))
+    assert early.moves and late.moves and early.ceil_bps < late.ceil_bps
 
 
 Q_500K = ClassQuota(1, 1, 8, MAX, 500_000)
