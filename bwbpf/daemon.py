@@ -8,6 +8,7 @@ only sequences them with the kernel, the clock, the disk and the mail server.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -118,10 +119,12 @@ class DecisionCache:
         if self._everything:
             self._everything = False
             self._slices = {s.name: s for s in cfg.all_slices()}
+            before = set(self.decisions)
             self.decisions = decide_all(cfg, ledger, now)
             self._moving = {n for n, by in self.decisions.items() if _moves(by)}
             self.capped = {n for n, by in self.decisions.items() if _capped(by)}
-            return set(self.decisions)
+            # Those that left the config too: what follows must forget them.
+            return set(self.decisions) | before
         names = ledger.changed | self._moving
         for name in names:
             s, record = self._slices.get(name), ledger.get(name)
@@ -209,29 +212,6 @@ def due_notifications(
     return due
 
 
-def status_slices(cfg: Config, ledger: Ledger, decisions: Decisions) -> dict[str, Any]:
-    """The ``slices`` part of the status file (see status.py) for the configured slices."""
-    out: dict[str, Any] = {}
-    for s in cfg.all_slices():
-        record = ledger.get(s.name)
-        if record is None or s.name not in decisions:
-            continue
-        out[s.name] = {
-            "period_start": record.period_start,
-            "period_end": record.period_end,
-            "classes": {
-                DCLASSES[dclass]: {
-                    "bytes": c.used_bytes,
-                    "counter_bytes": 0 if c.last is None else c.last[0],
-                    "capped": decisions[s.name][dclass].capped,
-                    "ceil_bps": decisions[s.name][dclass].ceil_bps,
-                }
-                for dclass, c in enumerate(record.classes)
-            },
-        }
-    return out
-
-
 @dataclass(frozen=True)
 class TickCost:
     """What one tick took, for the metrics: wall and CPU seconds (all threads), and the
@@ -256,6 +236,16 @@ class TickMeter:
             time.process_time() - self._cpu,
             state.written_bytes() - self._written,
         )
+
+
+def _freeze_heap() -> None:
+    """Leave what exists now (config, ledger, imported modules: ~10^6 objects at 10,000
+    slices) out of every later garbage collection. Without this each full collection
+    walks all of it, several times a tick at 10,000 slices. What an earlier freeze kept
+    is looked at again first: after a reload some of it is garbage."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 # -- systemd --------------------------------------------------------------------------------
@@ -304,6 +294,7 @@ class Daemon:
         self._jump_logged: float | None = None
         self.ledger = Ledger()
         self.state_path = state.state_file(cfg.state_dir, cfg.interface)
+        self._state = state.StateFile(self.state_path, cfg.interface)
         self.lock_path = lifecycle.lock_path(cfg.state_dir, cfg.interface)
         self.hostname = socket.gethostname()
         # Problems that hold until the daemon restarts (an unusable state file).
@@ -319,6 +310,8 @@ class Daemon:
         # tick and then every VERIFY_S seconds; in between only changed ceilings are sent.
         self._verify_at = 0.0
         self._shaper: Shaper | None = None
+        self._samples = metrics.SampleCache()
+        self._textfile_at = 0.0  # when the metrics textfile is next written
         # The last completed tick: wall seconds, CPU seconds, bytes written (metrics).
         self.tick_cost = TickCost()
         self.signals = lifecycle.SignalPipe()
@@ -357,8 +350,8 @@ class Daemon:
         try:
             # Without the lock the state file is another daemon's: never write it.
             if self._lock is not None:
-                now = self.clock.now() if self.clock.started else None
-                state.save_state(self.state_path, self.cfg.interface, self.ledger, now)
+                now = self.clock.now() if self.clock.started else time.time()
+                self._state.save(self.ledger, now, whole=True)
         finally:
             self.exporter.close()
             self._shaper_close()
@@ -436,11 +429,14 @@ class Daemon:
         decisions = self.decisions = self._decider.decisions
         if not self.dry_run and self.foreign_owner is None:
             self._guard(self._shape, decisions, redecided)
+        elif self.dry_run:
+            # Nothing applied, but stat shows what would be, as the ledger records it.
+            self._record_ceilings(self._moved(decisions, redecided))
         self._guard(self._save, now)
         if not self.dry_run:
             self._guard(self._notify, decisions, now, redecided | self._mail_retry)
         # Metrics before status: a textfile that cannot be written shows in `bwbpf stat`.
-        self._guard(self._export, now, decisions)
+        self._guard(self._export, now, decisions, redecided)
         self._guard(self._publish, now, decisions)
         capped = sorted(self._decider.capped)
         sd_notify(
@@ -591,7 +587,7 @@ class Daemon:
                 shaper.close()
 
     def _save(self, now: float) -> None:
-        state.save_state(self.state_path, self.cfg.interface, self.ledger, now)
+        self._state.save(self.ledger, now)
 
     def _notify(self, decisions: Decisions, now: float, names: set[str]) -> None:
         notify_cfg = self.cfg.notify
@@ -641,7 +637,6 @@ class Daemon:
             pid=os.getpid(),
             last_tick=now,
             problems=self._problems(),
-            slices=status_slices(self.cfg, self.ledger, decisions),
             uncounted_bytes=self.uncounted_bytes,
         )
 
@@ -661,28 +656,41 @@ class Daemon:
         except Error as exc:
             log.error("%s", exc)
 
-    def _export(self, now: float, decisions: Decisions) -> None:
-        """Hand this tick's snapshot to the metrics exporter (and its textfile)."""
-        if self.cfg.metrics is None or self._counters is None:
+    def _export(self, now: float, decisions: Decisions, redecided: set[str]) -> None:
+        """Hand this tick's snapshot to the metrics exporter; write the textfile when
+        ``textfile_interval`` has passed since it was last written."""
+        settings = self.cfg.metrics
+        if settings is None or self._counters is None:
             return
         try:
+            classes = self._samples.update(
+                self.cfg, self.ledger, decisions, self._decider.slices, redecided
+            )
             errors = self._counters.errors()
-        except OSError as exc:
-            raise Error(f"cannot read the datapath error counters: {exc.strerror}") from None
-        problems = self._problems()
-        snap = metrics.snapshot(
-            self.cfg,
-            self.ledger,
-            decisions,
-            errors,
-            now=now,
+        except BaseException as exc:
+            self._samples = metrics.SampleCache()  # made whole again at the next tick
+            if isinstance(exc, OSError):
+                raise Error(f"cannot read the datapath error counters: {exc.strerror}") from None
+            raise
+        snap = metrics.Snapshot(
+            interface=self.cfg.interface,
+            tick_s=self.cfg.tick_s,
+            last_tick=now,
             tick_duration_s=self.tick_cost.wall_s,
+            classes=classes,
             tick_cpu_s=self.tick_cost.cpu_s,
             tick_written_bytes=self.tick_cost.written_bytes,
-            problems=len(problems),
+            errors=errors,
+            problems=len(self._problems()),
             uncounted_bytes=self.uncounted_bytes,
         )
-        self.exporter.update(snap, self.cfg.metrics.textfile)
+        textfile = None
+        # On the accounting clock (monotonic underneath): a wall clock jump neither floods
+        # nor starves the textfile.
+        if settings.textfile is not None and now >= self._textfile_at:
+            textfile = settings.textfile
+            self._textfile_at = now + settings.textfile_interval_s
+        self.exporter.update(snap, textfile)
 
     # -- reload and the loop --------------------------------------------------------------
 
@@ -720,6 +728,8 @@ class Daemon:
             log.warning("%s", warning)
         self.cfg = new
         self._decider.reset()
+        self._samples = metrics.SampleCache()
+        self._textfile_at = 0.0
         self.ledger.periods_changed()
         if not self.dry_run:
             # New slices and matches need new match maps, not only new classes.
@@ -753,6 +763,7 @@ class Daemon:
             self.tick(self.clock.now())
             if once:
                 return
+            _freeze_heap()
             sd_notify("READY=1")
             log.info(
                 "running on %s: %d slices, tick %d s%s",
@@ -762,6 +773,7 @@ class Daemon:
                 " (dry run)" if self.dry_run else "",
             )
             next_tick = time.monotonic() + self.cfg.tick_s
+            freeze_due = False
             while True:
                 arrived = self.signals.wait(next_tick - time.monotonic())
                 stopping = [s for s in arrived if s != signal.SIGHUP]
@@ -772,6 +784,7 @@ class Daemon:
                 if arrived:
                     sd_notify("RELOADING=1")
                     self.reload()
+                    freeze_due = True  # after the next tick: a HUP storm pays it once
                     sd_notify("READY=1")
                 # Due even while signals keep coming: a HUP storm never starves the ticks.
                 if time.monotonic() >= next_tick:
@@ -781,6 +794,9 @@ class Daemon:
                         log.error("tick: %s", one_line(exc))
                     # Never a burst of catch-up ticks after a stall (a suspend, a slow mail).
                     next_tick = max(next_tick + self.cfg.tick_s, time.monotonic())
+                    if freeze_due:
+                        _freeze_heap()
+                        freeze_due = False
         finally:
             try:
                 self.stop()

@@ -36,7 +36,7 @@ a slice absent from the readings is dead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -107,6 +107,9 @@ class Ledger:
         # Names whose record the last update changed (new usage, a new period, born or
         # died): what the rest of a tick needs to look at again.
         self.changed: set[str] = set()
+        # Names changed in any way since the last ``changes()``: what the next journal
+        # entry must carry.
+        self._dirty: set[str] = set()
         # Which kernel maps the baselines were read from (see datapath.Counters.generation).
         self.counters_generation: str | None = None
         # Bytes the device sent while bwbpf's classifier was missing (node.Watch): kept
@@ -179,6 +182,7 @@ class Ledger:
                     slices[name] = replace(record, live=False, classes=classes)
                     changed.add(name)
         self.changed = changed
+        self._dirty |= changed
 
     def counters_restarted(self) -> None:
         """The kernel counters were recreated: at the next ``update`` every reading counts
@@ -273,40 +277,41 @@ class Ledger:
         classes = list(record.classes)
         classes[_dclass(dclass)] = replace(classes[dclass], ceil_bps=ceil_bps, capped=capped)
         self._slices[name] = replace(record, classes=tuple(classes))
+        self._dirty.add(name)
 
     def set_notified(self, name: str, notified: bool = True) -> None:
         """Record that the slice was mailed this period (cleared when the period rolls)."""
         self._slices[name] = replace(self._slices[name], notified=notified)
+        self._dirty.add(name)
 
     # -- persistence ------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-ready dict; ``from_dict`` reads it back."""
         return {
+            **self.top_dict(),
+            "slices": {name: _slice_dict(r) for name, r in sorted(self._slices.items())},
+        }
+
+    def top_dict(self) -> dict[str, Any]:
+        """The ledger's own fields, without the slices (a journal entry carries them)."""
+        return {
             "counters_generation": self.counters_generation,
             "read_at": self.read_at,
             "uncounted_bytes": self.uncounted_bytes,
-            "slices": {
-                name: {
-                    "period_start": r.period_start,
-                    "period_end": r.period_end,
-                    "live": r.live,
-                    "notified": r.notified,
-                    "read_at": r.read_at,
-                    **{
-                        DCLASSES[i]: {
-                            "used_bytes": c.used_bytes,
-                            "used_packets": c.used_packets,
-                            "last": None if c.last is None else list(c.last),
-                            "capped": c.capped,
-                            "ceil_bps": c.ceil_bps,
-                        }
-                        for i, c in enumerate(r.classes)
-                    },
-                }
-                for name, r in sorted(self._slices.items())
-            },
         }
+
+    def changes(self) -> tuple[dict[str, Any], list[str]]:
+        """What changed since the last call (or since the ledger was made or loaded): the
+        changed slices as ``to_dict`` writes them, and the names of slices forgotten.
+        What a journal entry records (state.StateFile)."""
+        dirty, self._dirty = self._dirty, set()
+        changed = {n: _slice_dict(self._slices[n]) for n in sorted(dirty) if n in self._slices}
+        return changed, sorted(n for n in dirty if n not in self._slices)
+
+    def unsaved(self, names: Iterable[str]) -> None:
+        """These slices' changes did not reach the disk: ``changes`` returns them again."""
+        self._dirty.update(names)
 
     @classmethod
     def from_dict(
@@ -322,59 +327,118 @@ class Ledger:
         used, a period ending in the year 10**292) would otherwise cap a slice for the rest
         of its period.
         """
-        # counters_generation and uncounted_bytes came later: a ledger without them is
-        # still read.
-        if isinstance(data, dict):
-            data = {"counters_generation": None, "read_at": None, "uncounted_bytes": 0, **data}
-        top = _table(
-            data, "ledger", {"slices", "counters_generation", "read_at", "uncounted_bytes"}
+        if not isinstance(data, dict):
+            raise ValueError(f"ledger: must be an object, not {_kind(data)}")
+        if "slices" not in data:
+            raise ValueError("ledger: missing slices")
+        ledger = cls()
+        ledger.apply(
+            {k: v for k, v in data.items() if k != "slices"},
+            data.get("slices"),
+            [],
+            now=now,
+            saved_at=saved_at,
+            where="ledger",
         )
-        uncounted = _int(top["uncounted_bytes"], "ledger.uncounted_bytes")
-        generation = top["counters_generation"]
+        if "read_at" not in data or data["read_at"] is None:
+            # A file from before the field: every live slice was read at the latest time.
+            ledger.read_at = ledger.last_read_at()
+        ledger._dirty = set()
+        return ledger
+
+    def apply(
+        self,
+        top: object,
+        slices: object,
+        gone: object,
+        *,
+        now: float | None = None,
+        saved_at: float | None = None,
+        where: str = "ledger",
+    ) -> None:
+        """Apply a journal entry (or a whole ledger): the ledger's own fields, slices as
+        ``to_dict`` writes them, and forgotten names; ValueError naming the bad key, with
+        nothing changed then. Values are checked as ``from_dict`` says."""
+        # counters_generation, read_at and uncounted_bytes came later: a ledger without
+        # them is still read.
+        if isinstance(top, dict):
+            top = {"counters_generation": None, "read_at": None, "uncounted_bytes": 0, **top}
+        t = _table(top, where, {"counters_generation", "read_at", "uncounted_bytes"})
+        generation = t["counters_generation"]
         if generation is not None and not isinstance(generation, str):
             raise ValueError(
-                f"ledger.counters_generation: must be a string, not {_kind(generation)}"
+                f"{where}.counters_generation: must be a string, not {_kind(generation)}"
             )
-        raw_slices = top["slices"]
-        if not isinstance(raw_slices, dict):
-            raise ValueError(f"ledger.slices: must be an object, not {_kind(raw_slices)}")
-        ledger = cls()
-        ledger.counters_generation = generation
-        ledger.uncounted_bytes = uncounted
-        last_read = top["read_at"]
-        for name, raw in raw_slices.items():
-            where = f"ledger.slices.{name!r}"
-            if not isinstance(name, str) or not name or not name.isprintable():
-                raise ValueError(f"{where}: not a usable slice name")
-            s = _table(
-                raw,
-                where,
-                {"period_start", "period_end", "live", "notified", "read_at", *DCLASSES},
-            )
-            start = _time(s["period_start"], f"{where}.period_start", now)
-            end = _time(s["period_end"], f"{where}.period_end", now)
-            if not end > start:
-                raise ValueError(f"{where}.period_end: {end} is not after period_start {start}")
-            if saved_at is not None and end - saved_at > PERIODS_AHEAD * (end - start):
-                raise ValueError(
-                    f"{where}.period_end: {end:.10g} is more than {PERIODS_AHEAD} periods"
-                    f" of {end - start:.10g} s after saved_at ({saved_at:.10g})"
-                )
-            read_at = s["read_at"]
-            ledger._slices[name] = SliceRecord(
-                name=name,
-                period_start=start,
-                period_end=end,
-                live=_bool(s["live"], f"{where}.live"),
-                notified=_bool(s["notified"], f"{where}.notified"),
-                read_at=None if read_at is None else _time(read_at, f"{where}.read_at", now),
-                classes=tuple(_class_record(s[d], f"{where}.{d}") for d in DCLASSES),
-            )
-        if last_read is not None:
-            ledger.read_at = _time(last_read, "ledger.read_at", now)
-        else:  # a file from before the field: every live slice was read at the latest time
-            ledger.read_at = ledger.last_read_at()
-        return ledger
+        uncounted = _int(t["uncounted_bytes"], f"{where}.uncounted_bytes")
+        read_at = t["read_at"]
+        read_at = None if read_at is None else _time(read_at, f"{where}.read_at", now)
+        if not isinstance(slices, dict):
+            raise ValueError(f"{where}.slices: must be an object, not {_kind(slices)}")
+        if not isinstance(gone, list) or not all(isinstance(n, str) for n in gone):
+            raise ValueError(f"{where}.gone: must be a list of slice names")
+        records = {
+            name: _slice_record(name, raw, f"{where}.slices.{name!r}", now, saved_at)
+            for name, raw in slices.items()
+        }
+        self.counters_generation = generation
+        self.uncounted_bytes = uncounted
+        if read_at is not None:
+            self.read_at = read_at
+        self._slices.update(records)
+        for name in gone:
+            self._slices.pop(name, None)
+        self._dirty.update(records, gone)
+
+
+def _slice_dict(r: SliceRecord) -> dict[str, Any]:
+    return {
+        "period_start": r.period_start,
+        "period_end": r.period_end,
+        "live": r.live,
+        "notified": r.notified,
+        "read_at": r.read_at,
+        **{
+            DCLASSES[i]: {
+                "used_bytes": c.used_bytes,
+                "used_packets": c.used_packets,
+                "last": None if c.last is None else list(c.last),
+                "capped": c.capped,
+                "ceil_bps": c.ceil_bps,
+            }
+            for i, c in enumerate(r.classes)
+        },
+    }
+
+
+def _slice_record(
+    name: object, raw: object, where: str, now: float | None, saved_at: float | None
+) -> SliceRecord:
+    if not isinstance(name, str) or not name or not name.isprintable():
+        raise ValueError(f"{where}: not a usable slice name")
+    s = _table(
+        raw,
+        where,
+        {"period_start", "period_end", "live", "notified", "read_at", *DCLASSES},
+    )
+    start = _time(s["period_start"], f"{where}.period_start", now)
+    end = _time(s["period_end"], f"{where}.period_end", now)
+    if not end > start:
+        raise ValueError(f"{where}.period_end: {end} is not after period_start {start}")
+    if saved_at is not None and end - saved_at > PERIODS_AHEAD * (end - start):
+        raise ValueError(
+            f"{where}.period_end: {end:.10g} is more than {PERIODS_AHEAD} periods"
+            f" of {end - start:.10g} s after saved_at ({saved_at:.10g})"
+        )
+    read_at = s["read_at"]
+    return SliceRecord(
+        name=name,
+        period_start=start,
+        period_end=end,
+        live=_bool(s["live"], f"{where}.live"),
+        notified=_bool(s["notified"], f"{where}.notified"),
+        read_at=None if read_at is None else _time(read_at, f"{where}.read_at", now),
+        classes=tuple(_class_record(s[d], f"{where}.{d}") for d in DCLASSES),
+    )
 
 
 def _check_reading(name: object, dclass: object, reading: object) -> None:

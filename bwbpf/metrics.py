@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import math
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bwbpf import __version__, policy
-from bwbpf.config import Config
+from bwbpf.config import Config, Slice
 from bwbpf.config import Metrics as MetricsSettings
 from bwbpf.errors import Error
-from bwbpf.ledger import Ledger
+from bwbpf.ledger import Ledger, SliceRecord
 from bwbpf.limits import DCLASSES
 from bwbpf.policy import Decision
 
@@ -141,31 +142,8 @@ def snapshot(
     classes = []
     for s in cfg.all_slices():
         record = ledger.get(s.name)
-        if record is None or s.name not in decisions:
-            continue
-        for dclass, c in enumerate(record.classes):
-            d = decisions[s.name][dclass]
-            quota = s.quota(dclass)
-            limit = policy.byte_limit(quota, cfg.policy, record.period_start, record.period_end)
-            # For average, the ceiling drops at the budget itself: that is its threshold.
-            threshold = quota.threshold_bytes if cfg.policy == "smooth" else limit
-            classes.append(
-                ClassSample(
-                    slice=s.name,
-                    dclass=DCLASSES[dclass],
-                    counter_bytes=None if c.last is None else c.last[0],
-                    counter_packets=None if c.last is None else c.last[1],
-                    used_bytes=c.used_bytes,
-                    used_packets=c.used_packets,
-                    limit_bytes=limit,
-                    threshold_bytes=threshold,
-                    ceil_bps=d.ceil_bps,
-                    max_rate_bps=quota.max_rate_bps,
-                    capped=d.capped,
-                    period_start=record.period_start,
-                    period_end=record.period_end,
-                )
-            )
+        if record is not None and s.name in decisions:
+            classes += slice_samples(cfg, s, record, decisions[s.name])
     return Snapshot(
         interface=cfg.interface,
         tick_s=cfg.tick_s,
@@ -178,6 +156,66 @@ def snapshot(
         problems=problems,
         uncounted_bytes=uncounted_bytes,
     )
+
+
+def slice_samples(
+    cfg: Config, s: Slice, record: SliceRecord, decisions: Mapping[int, Decision]
+) -> list[ClassSample]:
+    """The samples of one slice's classes."""
+    out = []
+    for dclass, c in enumerate(record.classes):
+        d = decisions[dclass]
+        quota = s.quota(dclass)
+        limit = policy.byte_limit(quota, cfg.policy, record.period_start, record.period_end)
+        # For average, the ceiling drops at the budget itself: that is its threshold.
+        threshold = quota.threshold_bytes if cfg.policy == "smooth" else limit
+        out.append(
+            ClassSample(
+                slice=s.name,
+                dclass=DCLASSES[dclass],
+                counter_bytes=None if c.last is None else c.last[0],
+                counter_packets=None if c.last is None else c.last[1],
+                used_bytes=c.used_bytes,
+                used_packets=c.used_packets,
+                limit_bytes=limit,
+                threshold_bytes=threshold,
+                ceil_bps=d.ceil_bps,
+                max_rate_bps=quota.max_rate_bps,
+                capped=d.capped,
+                period_start=record.period_start,
+                period_end=record.period_end,
+            )
+        )
+    return out
+
+
+class SampleCache:
+    """Every slice's samples, made again at a tick only for the slices whose record or
+    decision changed (the daemon's redecided names): the same as ``snapshot`` builds from
+    scratch, at a fraction of the cost when most slices are idle."""
+
+    def __init__(self) -> None:
+        self._by_slice: dict[str, list[ClassSample]] = {}
+
+    def update(
+        self,
+        cfg: Config,
+        ledger: Ledger,
+        decisions: Mapping[str, Mapping[int, Decision]],
+        slices: Mapping[str, Slice],
+        names: Iterable[str] | None = None,
+    ) -> tuple[ClassSample, ...]:
+        """The samples of all slices; ``names`` None: everything made again."""
+        if names is None:
+            self._by_slice = {}
+            names = slices
+        for name in names:
+            s, record, by_class = slices.get(name), ledger.get(name), decisions.get(name)
+            if s is None or record is None or by_class is None:
+                self._by_slice.pop(name, None)
+            else:
+                self._by_slice[name] = slice_samples(cfg, s, record, by_class)
+        return tuple(itertools.chain.from_iterable(self._by_slice.values()))
 
 
 # -- the text exposition format ---------------------------------------------------------------
@@ -307,13 +345,26 @@ class Exporter:
 
     def __init__(self, interface: str) -> None:
         self.interface = interface
-        self.rendered = render(None, interface)
+        # The last tick's snapshot, rendered when a scrape (or the textfile) first asks:
+        # a tick only swaps the reference. (snapshot, its exposition or None.)
+        self._current: tuple[Snapshot | None, bytes | None] = (None, None)
         self._gzipped: tuple[bytes, bytes] | None = None  # (of these bytes, gzipped)
         self.address: tuple[str, int] | None = None
         # What went wrong the last time the server was (re)started, for `bwbpf stat`.
         self.problems: list[str] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def rendered(self) -> bytes:
+        """The exposition of the current snapshot. Rendered outside any lock: a scrape
+        never holds up a tick, and two scrapes at once at worst render it twice."""
+        snap, body = self._current
+        if body is None:
+            body = render(snap, self.interface)
+            if self._current[0] is snap:
+                self._current = (snap, body)
+        return body
 
     def serve(self, settings: MetricsSettings | None) -> None:
         """Serve on the configured address, or stop serving; restarts the server only if
@@ -354,8 +405,8 @@ class Exporter:
 
     def update(self, snap: Snapshot, textfile: str | None = None) -> None:
         """Publish a tick's snapshot; rewrite the textfile (atomically: a temporary file in
-        the same directory, then rename) if one is configured."""
-        self.rendered = render(snap, self.interface)
+        the same directory, then rename) if one is given."""
+        self._current = (snap, None)
         if textfile is not None:
             from bwbpf.state import write_atomic
 

@@ -1,20 +1,25 @@
-"""The daemon's status file: what it decided at its last tick, for ``stat`` to read.
+"""The daemon's status, for ``stat`` to read: its status file (pid, last tick, problems),
+written atomically each tick, and each slice's usage, period and ceiling at that tick
+from the ledger's state file (state.read_state), which the daemon saves just before.
 
-Written atomically by the daemon each tick; read-only here. A missing or unreadable file
-means "no daemon state yet", never an error.
+Read-only here. A missing or unreadable file means "no daemon state yet", never an error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
+from bwbpf import state
 from bwbpf.config import Config
 from bwbpf.errors import Error
+from bwbpf.ledger import Ledger
+from bwbpf.limits import DCLASSES
 
 VERSION = 1
 
@@ -56,6 +61,46 @@ class DaemonStatus:
 
 
 def read(cfg: Config) -> DaemonStatus | None:
+    """The daemon's last tick, its slices (the configured ones the ledger holds) included."""
+    for _ in range(5):
+        doc = _read_doc(cfg)
+        if doc is None:
+            return None
+        ledger = state.read_state(state.state_file(cfg.state_dir, cfg.interface), cfg.interface)
+        # The ledger is saved a moment before the status file: a ledger newer than the
+        # status is the next tick's, whose status is about to follow.
+        if ledger is None or ledger.read_at is None or ledger.read_at <= doc.last_tick:
+            break
+        time.sleep(0.02)
+    if ledger is not None:
+        doc.slices = slices(cfg, ledger)
+    return doc
+
+
+def slices(cfg: Config, ledger: Ledger) -> dict[str, dict[str, Any]]:
+    """What stat shows of each configured slice the ledger holds (see ``DaemonStatus``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in cfg.all_slices():
+        record = ledger.get(s.name)
+        if record is None or not record.live:
+            continue
+        out[s.name] = {
+            "period_start": record.period_start,
+            "period_end": record.period_end,
+            "classes": {
+                DCLASSES[dclass]: {
+                    "bytes": c.used_bytes,
+                    "counter_bytes": 0 if c.last is None else c.last[0],
+                    "capped": c.capped,
+                    "ceil_bps": c.ceil_bps,
+                }
+                for dclass, c in enumerate(record.classes)
+            },
+        }
+    return out
+
+
+def _read_doc(cfg: Config) -> DaemonStatus | None:
     try:
         with open(path_for(cfg)) as f:
             doc = json.load(f)
@@ -67,7 +112,6 @@ def read(cfg: Config) -> DaemonStatus | None:
             tick_s=int(doc["tick_s"]),
             policy=str(doc["policy"]),
             problems=list(doc.get("problems", [])),
-            slices=dict(doc["slices"]),
             uncounted_bytes=int(doc.get("uncounted_bytes", 0)),
         )
     except (OSError, ValueError, KeyError, TypeError):
@@ -80,7 +124,6 @@ def write(
     pid: int,
     last_tick: float,
     problems: list[str],
-    slices: dict[str, dict[str, Any]],
     uncounted_bytes: int = 0,
 ) -> None:
     """Publish the daemon's last tick for ``stat``, atomically (readers never see half).
@@ -98,7 +141,6 @@ def write(
         "tick_s": cfg.tick_s,
         "policy": cfg.policy,
         "problems": problems,
-        "slices": slices,
         "uncounted_bytes": uncounted_bytes,
     }
     path = path_for(cfg)

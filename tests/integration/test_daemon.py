@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bwbpf import classid, limits
+from bwbpf import classid, config, limits, state, status
 from bwbpf.shaper import Shaper, installed_rate
 from tests.conftest import require_root
 from tests.integration.netns import Topology, sh
@@ -82,6 +82,13 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def with_slices(doc: dict, config_path: Path) -> dict:
+    """A status file's document with each slice's usage at that tick (status.read)."""
+    cfg = config.load(config_path, check_interface=False)
+    st = status.read(cfg)
+    return {**doc, "slices": {} if st is None else st.slices}
+
+
 def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> int | None:
     """Signal one process we started, by its pid, and reap it."""
     if proc is None:
@@ -136,13 +143,14 @@ class Env:
         )
 
     def wait_tick(self, proc: subprocess.Popen[bytes], after: float) -> dict:
-        """The status file of proc's first tick after time ``after``."""
+        """The status file of proc's first tick after time ``after``, with its slices
+        (from the ledger's state file, as `bwbpf stat` reads them)."""
 
         def ticked() -> dict | None:
             assert proc.poll() is None, f"daemon exited: {self.daemon_log()}"
             doc = read_json(self.status_path)
             if doc and doc["pid"] == proc.pid and doc["last_tick"] > after:
-                return doc
+                return with_slices(doc, self.config)
             return None
 
         # Generous: a daemon's start compiles the classifier, slow under software emulation.
@@ -241,9 +249,10 @@ def test_cap_mail_and_kill_9(env: Env) -> None:
     classes = status["slices"][SLICE]["classes"]["normal"]
     assert classes["bytes"] == sent, env.daemon_log()
     assert status["problems"] == []
-    state = read_json(env.state_dir / f"ledger-{env.topo.veth_a}.json")
-    assert state is not None
-    assert state["ledger"]["slices"][SLICE]["normal"]["used_bytes"] == sent
+    ledger = state.read_state(
+        str(env.state_dir / f"ledger-{env.topo.veth_a}.json"), env.topo.veth_a
+    )
+    assert ledger is not None and ledger.usage(SLICE, NORMAL) == sent
     # Still one mail: the notified flag survived the kill.
     env.wait_tick(daemon, time.time() + 1)
     assert len(env.mails()) == 1

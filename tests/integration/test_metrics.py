@@ -43,6 +43,7 @@ state_dir = "{path.parent / "state"}"
 [metrics]
 listen = "127.0.0.1:{port}"
 textfile = "{textfile}"
+textfile_interval = "1s"
 
 [[slice]]
 name = "{SLICE}"

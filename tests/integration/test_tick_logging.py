@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import require_root, unique
 from tests.integration.netns import Topology, sh
-from tests.integration.test_daemon import read_json, wait_for
+from tests.integration.test_daemon import read_json, wait_for, with_slices
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -89,6 +89,7 @@ def test_capped_slices_on_the_ramp_log_once(topo: Topology, tmp_path: Path) -> N
         def all_capped() -> dict | None:
             assert daemon.poll() is None, log.read_text()[-2000:]
             doc = read_json(status_path)
+            doc = doc and with_slices(doc, cfg)
             tenants = [s for n, s in (doc or {}).get("slices", {}).items() if n != "default"]
             if tenants and all(s["classes"]["normal"]["capped"] for s in tenants):
                 return doc
@@ -106,6 +107,7 @@ def test_capped_slices_on_the_ramp_log_once(topo: Topology, tmp_path: Path) -> N
         )
         last = read_json(status_path)
         assert last is not None
+        last = with_slices(last, cfg)
         # The ceilings did move along the ramp meanwhile (else this test proves nothing)...
         moved = sum(
             last["slices"][n]["classes"]["normal"]["ceil_bps"]

@@ -147,6 +147,7 @@ state_dir = "/var/lib/bwbpf"
 [metrics]
 listen = "127.0.0.1:$METRICS_PORT"
 textfile = "$TEXTFILE"
+textfile_interval = "1s"
 
 # Capped by the first $PACKETS packets (14,200 bytes, past the 10 kB threshold).
 [[slice]]

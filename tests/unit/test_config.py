@@ -217,6 +217,19 @@ def test_metrics_section() -> None:
     assert config.parse(BASE).metrics is None
     off = config.parse(BASE + '[metrics]\nlisten = ""\n')
     assert off.metrics == config.Metrics(None, 0, None)
+    every = config.parse(BASE + '[metrics]\ntextfile = "/t.prom"\ntextfile_interval = "15s"\n')
+    assert every.metrics is not None and every.metrics.textfile_interval_s == 15
+    for bad, why in (
+        ('"0s"', "must be at least 1s"),
+        ('"2d"', "at most 86400s"),
+        ("15", "metrics.textfile_interval"),
+        ('"soon"', "metrics.textfile_interval"),
+    ):
+        found = problems(BASE + f"[metrics]\ntextfile_interval = {bad}\n")
+        assert len(found) == 1 and why in found[0] and "metrics.textfile_interval" in found[0], (
+            bad,
+            found,
+        )
     found = problems(BASE + '[metrics]\nlisten = "localhost"\ntextfile = "x.prom"\n')
     assert found == [
         "bw.toml: metrics.listen: must be HOST:PORT, not 'localhost'",
@@ -328,6 +341,7 @@ HOSTILE_KEYS = [
     ("notify", "slice_address", "notify.slice_address"),
     ("metrics", "listen", "metrics.listen"),
     ("metrics", "textfile", "metrics.textfile"),
+    ("metrics", "textfile_interval", "metrics.textfile_interval"),
     ("[slice]", "name", "slice[0].name"),
     ("[slice]", "id", "slice[0].id"),
     ("[slice]", "share", "slice[0].share"),

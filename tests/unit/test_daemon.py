@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bwbpf import config, daemon, lifecycle, periods, status
+from bwbpf import config, daemon, lifecycle, metrics, periods, state, status
 from bwbpf.errors import ConfigError, Error
 from bwbpf.ledger import Ledger
 from bwbpf.notify import CappedClass
@@ -122,7 +122,7 @@ def test_decision_cache_agrees_with_deciding_everything(tmp_path: Path) -> None:
 
     rng = random.Random(7)
     cfg = make_config(tmp_path)
-    ledger, cache = Ledger(), daemon.DecisionCache()
+    ledger, cache, samples = Ledger(), daemon.DecisionCache(), metrics.SampleCache()
     counters = {5: [0, 0], 6: [0, 0]}
     now = T0
     for step in range(400):
@@ -145,6 +145,10 @@ def test_decision_cache_agrees_with_deciding_everything(tmp_path: Path) -> None:
         capped = {n for n, by in cache.decisions.items() if any(d.capped for d in by.values())}
         assert cache.capped == capped, step
         assert ledger.changed <= redecided | set(ledger.slices(include_dead=True)), step
+        # And the metrics' samples, made again only for those, as a snapshot from scratch.
+        got = samples.update(cfg, ledger, cache.decisions, cache.slices, redecided)
+        full = metrics.snapshot(cfg, ledger, cache.decisions, {}, now=now, tick_duration_s=0)
+        assert sorted(got, key=repr) == sorted(full.classes, key=repr), step
 
 
 def test_recorded_ceilings_come_from_the_ledger(cfg: config.Config) -> None:
@@ -185,17 +189,13 @@ def test_no_mail_without_notify_section(tmp_path: Path) -> None:
 
 
 def test_status_document_round_trips_through_status_read(cfg: config.Config) -> None:
+    """The status file and the ledger's state file together are what stat reads."""
     ledger = capped_alice(cfg)
     decisions = daemon.decide_all(cfg, ledger, T0 + 500)
-    slices = daemon.status_slices(cfg, ledger, decisions)
-    assert slices["alice"]["classes"]["normal"] == {
-        "bytes": 9_000_000,
-        "counter_bytes": 9_000_000,
-        "capped": True,
-        "ceil_bps": 16_000,
-    }
-    assert slices["alice"]["period_end"] - slices["alice"]["period_start"] == 1000
-    status.write(cfg, pid=os.getpid(), last_tick=T0 + 500, problems=["p"], slices=slices)
+    ledger.set_ceiling("alice", NORMAL, decisions["alice"][NORMAL].ceil_bps, True)
+    saved = state.StateFile(state.state_file(cfg.state_dir, cfg.interface), cfg.interface)
+    saved.save(ledger, T0 + 500)
+    status.write(cfg, pid=os.getpid(), last_tick=T0 + 500, problems=["p"])
     back = status.read(cfg)
     assert back is not None
     assert (back.pid, back.last_tick, back.tick_s, back.policy) == (
@@ -205,15 +205,25 @@ def test_status_document_round_trips_through_status_read(cfg: config.Config) -> 
         "smooth",
     )
     assert back.problems == ["p"]
-    assert back.slices == slices
-    assert [p.name for p in Path(cfg.state_dir).iterdir()] == ["lo.status.json"]
+    assert back.slices["alice"]["classes"]["normal"] == {
+        "bytes": 9_000_000,
+        "counter_bytes": 9_000_000,
+        "capped": True,
+        "ceil_bps": 16_000,
+    }
+    assert back.slices["alice"]["period_end"] - back.slices["alice"]["period_start"] == 1000
+    assert set(back.slices) == {"default", "alice", "bob"}
+    assert sorted(p.name for p in Path(cfg.state_dir).iterdir()) == [
+        "ledger-lo.json",
+        "lo.status.json",
+    ]
 
 
 def test_status_write_failure_is_one_error(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     Path(cfg.state_dir).write_text("a file, not a directory")
     with pytest.raises(Error, match="cannot write status file"):
-        status.write(cfg, pid=1, last_tick=T0, problems=[], slices={})
+        status.write(cfg, pid=1, last_tick=T0, problems=[])
 
 
 def test_sd_notify_is_a_no_op_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:

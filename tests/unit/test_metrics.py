@@ -382,8 +382,15 @@ def test_daemon_publishes_each_tick(tmp_path: Path) -> None:
         counters.raw = {5: (U(4242, 7), U(0, 0))}
         counters.errs["truncated"] = 11
         d.tick(T0)
+        first = textfile.read_text()
         counters.raw = {5: (U(5000, 9), U(0, 0))}
         d.tick(T0 + 5)
+        # Scrapes see every tick; the textfile is rewritten once textfile_interval (60 s
+        # by default) has passed since it was written.
+        assert textfile.read_text() == first
+        assert 'slice="alice"} 5000' in scrape(port)
+        d.tick(T0 + 60)
+        assert textfile.read_text() != first
         for text in (scrape(port), textfile.read_text()):
             got = samples(text)
             assert got[("bwbpf_slice_bytes_total", labels("alice", "normal"))] == 5000
@@ -391,7 +398,7 @@ def test_daemon_publishes_each_tick(tmp_path: Path) -> None:
             key = frozenset({"interface": "lo", "reason": "truncated"}.items())
             assert got[("bwbpf_datapath_errors_total", key)] == 11
             assert got[("bwbpf_last_tick_timestamp_seconds", frozenset({("interface", "lo")}))] == (
-                T0 + 5
+                T0 + 60
             )
             assert got[("bwbpf_problems", frozenset({("interface", "lo")}))] == 0
         assert d.tick_problems == []

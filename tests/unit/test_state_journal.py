@@ -1,0 +1,181 @@
+"""The daemon's state on disk: a snapshot and a journal of what changed at each tick."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bwbpf import state
+from bwbpf.config import Period
+from bwbpf.errors import Error
+from bwbpf.ledger import Ledger
+from bwbpf.periods import current_period
+
+NOW = 1704164645.0  # 2024-01-02 03:04:05 UTC
+PERIOD = Period("rolling", 3600)
+SLICES = 200
+
+
+def tick(ledger: Ledger, now: float, counters: dict[str, int]) -> None:
+    ledger.update(
+        now,
+        {name: {0: (b, b // 100), 1: (0, 0)} for name, b in counters.items()},
+        lambda _n, start: current_period(PERIOD, now, start),
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return state.state_file(str(tmp_path), "eth0")
+
+
+def run(path: str, ticks: int, busy: int) -> tuple[Ledger, state.StateFile]:
+    """``ticks`` ticks of SLICES slices, ``busy`` of them sending at each."""
+    ledger, saved = Ledger(), state.StateFile(path, "eth0")
+    counters = {f"s{i}": 0 for i in range(SLICES)}
+    for t in range(ticks):
+        for i in range(busy):
+            counters[f"s{(t * busy + i) % SLICES}"] += 1000 + t
+        tick(ledger, NOW + t, counters)
+        saved.save(ledger, NOW + t)
+    return ledger, saved
+
+
+def test_snapshot_and_journal_load_as_the_ledger(path: str) -> None:
+    ledger, _ = run(path, 30, 3)
+    assert os.path.exists(state.journal_file(path))
+    loaded, problem = state.load_state(path, "eth0", now=NOW + 30)
+    assert problem is None
+    assert loaded == ledger and loaded.read_at == ledger.read_at
+    assert state.read_state(path, "eth0") == ledger
+
+
+def test_a_tick_writes_what_changed_not_everything(path: str) -> None:
+    ledger, saved = run(path, 2, 3)
+    snapshot = os.path.getsize(path)
+    before = state.written_bytes()
+    counters = {f"s{i}": 0 for i in range(SLICES)}
+    counters.update({"s0": 5000, "s1": 7000})
+    tick(ledger, NOW + 3, counters)
+    saved.save(ledger, NOW + 3)
+    line = state.written_bytes() - before
+    assert 0 < line < snapshot / 20, (line, snapshot)
+    before = state.written_bytes()
+    tick(ledger, NOW + 4, counters)  # nobody sent: nothing to write
+    saved.save(ledger, NOW + 4)
+    assert state.written_bytes() == before
+
+
+def test_the_journal_is_folded_into_a_new_snapshot_once_it_outgrows_it(path: str) -> None:
+    run(path, 400, 5)
+    journal = state.journal_file(path)
+    size = os.path.getsize(journal) if os.path.exists(journal) else 0
+    assert size <= max(os.path.getsize(path), 1 << 16) + 10_000
+
+
+def test_a_line_cut_short_by_a_crash_is_ignored(path: str) -> None:
+    ledger, _ = run(path, 10, 3)
+    expected = Ledger.from_dict(ledger.to_dict())
+    journal = state.journal_file(path)
+    with open(journal, "ab") as f:
+        f.write(b'{"journal": "half a li')
+    loaded, problem = state.load_state(path, "eth0", now=NOW + 10)
+    assert problem is None and loaded == expected
+
+
+def test_a_bad_line_keeps_what_came_before_and_sets_the_journal_aside(path: str) -> None:
+    run(path, 5, 3)
+    journal = state.journal_file(path)
+    lines = Path(journal).read_bytes().splitlines(keepends=True)
+    keep = Path(journal).read_bytes()[: sum(len(x) for x in lines[:2])]
+    Path(journal).write_bytes(keep)
+    upto_two, _ = state.load_state(path, "eth0", now=NOW + 5)
+    name = json.loads(lines[0])["journal"]
+    bad = json.dumps({"journal": name, "saved_at": "noon"}).encode() + b"\n"
+    Path(journal).write_bytes(keep + bad + b"".join(lines[2:]))
+    loaded, problem = state.load_state(path, "eth0", now=NOW + 5)
+    assert problem is not None and "line 3" in problem and "moved to" in problem, problem
+    assert "using the state without the entries from line 3 on" in problem
+    assert loaded == upto_two
+    assert not os.path.exists(journal)
+    assert any(".journal.corrupt-" in n for n in os.listdir(os.path.dirname(path)))
+
+
+def test_absurd_values_in_a_journal_line_are_refused(path: str) -> None:
+    run(path, 3, 3)
+    journal = state.journal_file(path)
+    entry = json.loads(Path(journal).read_text().splitlines()[-1])
+    name = next(iter(entry["slices"]))
+    entry["slices"][name]["normal"]["used_bytes"] = 10**30
+    with open(journal, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    _, problem = state.load_state(path, "eth0", now=NOW + 3)
+    assert problem is not None and "used_bytes" in problem and "2**63-1" in problem, problem
+
+
+def test_an_older_snapshots_entries_are_never_applied(path: str) -> None:
+    ledger, saved = run(path, 5, 3)
+    journal = state.journal_file(path)
+    old = Path(journal).read_bytes()
+    saved.save(ledger, NOW + 6, whole=True)  # a new snapshot, a new journal name
+    assert not os.path.exists(journal)
+    # A crash between the snapshot and removing the journal leaves the old entries.
+    Path(journal).write_bytes(old)
+    loaded, problem = state.load_state(path, "eth0", now=NOW + 6)
+    assert problem is None and loaded == ledger
+
+
+def test_a_failed_append_is_saved_again_next_time(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, saved = run(path, 3, 3)
+    counters = {f"s{i}": 0 for i in range(SLICES)}
+    counters["s9"] = 99_000
+    tick(ledger, NOW + 4, counters)
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state.os, "write", full)
+    with pytest.raises(Error, match=r"cannot write state journal .*: No space left on device"):
+        saved.save(ledger, NOW + 4)
+    monkeypatch.setattr(state.os, "write", real_write)
+    saved.save(ledger, NOW + 5)  # the whole ledger again, with s9's change
+    loaded, problem = state.load_state(path, "eth0", now=NOW + 5)
+    assert problem is None and loaded == ledger
+    assert loaded.usage("s9", 0) == ledger.usage("s9", 0) > 0
+
+
+def test_a_symlink_at_the_journal_is_not_followed(path: str, tmp_path: Path) -> None:
+    ledger, saved = run(path, 2, 3)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    journal = state.journal_file(path)
+    if os.path.exists(journal):
+        os.unlink(journal)
+    os.symlink(victim, journal)
+    counters = {f"s{i}": 0 for i in range(SLICES)}
+    counters["s1"] = 12_345
+    tick(ledger, NOW + 3, counters)
+    with pytest.raises(Error, match="cannot write state journal"):
+        saved.save(ledger, NOW + 3)
+    assert victim.read_text() == "keep me\n"
+    # Reading sets the link aside instead of following it.
+    _, problem = state.load_state(path, "eth0", now=NOW + 3)
+    assert problem is not None and "symbolic link" in problem
+    assert victim.read_text() == "keep me\n"
+
+
+def test_readers_never_move_anything(path: str) -> None:
+    run(path, 3, 3)
+    journal = state.journal_file(path)
+    with open(journal, "ab") as f:
+        f.write(b"garbage\n")
+    before = sorted(os.listdir(os.path.dirname(path)))
+    assert state.read_state(path, "eth0") is not None
+    assert sorted(os.listdir(os.path.dirname(path))) == before
