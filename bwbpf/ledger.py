@@ -36,7 +36,7 @@ a slice absent from the readings is dead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -141,35 +141,40 @@ class Ledger:
     def update(
         self,
         now: float,
-        readings: Mapping[str, Mapping[int, Reading]],
+        readings: Mapping[str, Mapping[int, Reading] | Sequence[Reading]],
         periods: PeriodFn,
     ) -> None:
         """Account one tick: roll periods, add counter deltas, bury and forget dead slices.
 
+        A slice's readings are ``{dclass: reading}``, or a sequence indexed by dclass.
         Raises ValueError for a malformed reading (a caller bug); nothing is changed then.
         """
         if not math.isfinite(now):
             raise ValueError(f"now must be finite, not {now!r}")
-        for name, by_class in readings.items():
-            for dclass, reading in by_class.items():
-                _check_reading(name, dclass, reading)
         restarted, self._restarted = self._restarted, False
         recheck, self._recheck = self._recheck, False
-        previous, self.read_at = self.read_at, now
-        changed: set[str] = set()
+        quick = not (restarted or recheck)
         slices = self._slices
+        todo = []
         for name, by_class in readings.items():
             record = slices.get(name)
-            # The common case at scale: an idle slice in the same period. Nothing to do.
-            if (
-                record is not None
-                and record.live
-                and now < record.period_end
-                and not (restarted or recheck)
-                and all(record.classes[d].last == r for d, r in by_class.items())
-            ):
-                continue
-            slices[name] = self._account(record, name, by_class, now, periods, restarted, previous)
+            # The common case at scale: an idle slice in the same period, its readings
+            # what the ledger already holds (and so already checked). Nothing to do.
+            if quick and record is not None and record.live and now < record.period_end:
+                c = record.classes
+                if isinstance(by_class, tuple | list) and len(by_class) == 2 == len(c):
+                    if c[0].last == by_class[0] and c[1].last == by_class[1]:
+                        continue
+                elif all(c[d].last == r for d, r in _by_class(by_class)):
+                    continue
+            pairs = _by_class(by_class)
+            for dclass, reading in pairs:
+                _check_reading(name, dclass, reading)
+            todo.append((name, record, pairs))
+        previous, self.read_at = self.read_at, now
+        changed: set[str] = set()
+        for name, record, pairs in todo:
+            slices[name] = self._account(record, name, pairs, now, periods, restarted, previous)
             changed.add(name)
         if len(slices) != len(readings):  # some remembered slice was not read
             for name in slices.keys() - readings.keys():
@@ -198,7 +203,7 @@ class Ledger:
         self,
         record: SliceRecord | None,
         name: str,
-        by_class: Mapping[int, Reading],
+        by_class: list[tuple[int, Reading]],
         now: float,
         periods: PeriodFn,
         restarted: bool,
@@ -228,7 +233,7 @@ class Ledger:
                 record = replace(record, notified=False, classes=classes)
             record = replace(record, period_start=start, period_end=end, live=True)
         classes = list(record.classes)
-        for dclass, reading in by_class.items():
+        for dclass, reading in by_class:
             current = (reading[0], reading[1])
             old = classes[dclass]
             base = (0, 0) if restarted else old.last
@@ -439,6 +444,12 @@ def _slice_record(
         read_at=None if read_at is None else _time(read_at, f"{where}.read_at", now),
         classes=tuple(_class_record(s[d], f"{where}.{d}") for d in DCLASSES),
     )
+
+
+def _by_class(by_class: Mapping[int, Reading] | Sequence[Reading]) -> list[tuple[int, Reading]]:
+    if isinstance(by_class, Mapping):
+        return list(by_class.items())
+    return list(enumerate(by_class))
 
 
 def _check_reading(name: object, dclass: object, reading: object) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bwbpf import config, daemon, lifecycle, metrics, periods, state, status
+from bwbpf.datapath import Usage
 from bwbpf.errors import ConfigError, Error
 from bwbpf.ledger import Ledger
 from bwbpf.notify import CappedClass
@@ -79,11 +80,15 @@ def cfg(tmp_path: Path) -> config.Config:
 
 def test_readings_cover_every_configured_slice(cfg: config.Config) -> None:
     raw = {5: (U(100, 1), U(200, 2))}
+    # Indexed by dclass (NORMAL 0, EXEMPT 1).
     assert daemon.readings(cfg, raw) == {
-        "default": {NORMAL: (0, 0), EXEMPT: (0, 0)},
-        "alice": {NORMAL: (100, 1), EXEMPT: (200, 2)},
-        "bob": {NORMAL: (0, 0), EXEMPT: (0, 0)},
+        "default": ((0, 0), (0, 0)),
+        "alice": ((100, 1), (200, 2)),
+        "bob": ((0, 0), (0, 0)),
     }
+    # The kernel's readings (datapath.Usage, a pair) are taken as they are.
+    kernel = {5: (Usage(100, 1), Usage(200, 2))}
+    assert daemon.readings(cfg, kernel)["alice"] is kernel[5]
 
 
 def capped_alice(cfg: config.Config) -> Ledger:
