@@ -20,7 +20,7 @@ def build(cfg: Config, names: list[str] | None = None, now: float | None = None)
     now = time.time() if now is None else now
     slices = [s for s in cfg.all_slices() if not names or s.name in names]
     with datapath.Counters(cfg.pin_dir) as counters:
-        live = counters.read(s.id for s in cfg.all_slices())
+        live = counters.read(s.id for s in slices)
         errors = counters.errors()
     installed = _installed_ceilings(cfg.interface)
     daemon = status.read(cfg)

@@ -18,7 +18,6 @@ import psutil
 from bwbpf import state
 from bwbpf.config import Config
 from bwbpf.errors import Error
-from bwbpf.ledger import Ledger
 from bwbpf.limits import DCLASSES
 
 VERSION = 1
@@ -62,41 +61,48 @@ class DaemonStatus:
 
 def read(cfg: Config) -> DaemonStatus | None:
     """The daemon's last tick, its slices (the configured ones the ledger holds) included."""
+    saved = None
     for _ in range(5):
         doc = _read_doc(cfg)
         if doc is None:
             return None
-        ledger = state.read_state(state.state_file(cfg.state_dir, cfg.interface), cfg.interface)
+        saved = state.read_raw(state.state_file(cfg.state_dir, cfg.interface), cfg.interface)
         # The ledger is saved a moment before the status file: a ledger newer than the
         # status is the next tick's, whose status is about to follow.
-        if ledger is None or ledger.read_at is None or ledger.read_at <= doc.last_tick:
+        if saved is None or saved[1] is None or saved[1] <= doc.last_tick:
             break
         time.sleep(0.02)
-    if ledger is not None:
-        doc.slices = slices(cfg, ledger)
+    if saved is not None:
+        doc.slices = slices(cfg, saved[0])
     return doc
 
 
-def slices(cfg: Config, ledger: Ledger) -> dict[str, dict[str, Any]]:
-    """What stat shows of each configured slice the ledger holds (see ``DaemonStatus``)."""
+def slices(cfg: Config, saved: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What stat shows of each configured slice the ledger holds, from the saved slices
+    (state.read_raw); an entry of the wrong shape is left out, as if not yet saved."""
     out: dict[str, dict[str, Any]] = {}
     for s in cfg.all_slices():
-        record = ledger.get(s.name)
-        if record is None or not record.live:
-            continue
-        out[s.name] = {
-            "period_start": record.period_start,
-            "period_end": record.period_end,
-            "classes": {
-                DCLASSES[dclass]: {
-                    "bytes": c.used_bytes,
-                    "counter_bytes": 0 if c.last is None else c.last[0],
-                    "capped": c.capped,
-                    "ceil_bps": c.ceil_bps,
+        raw = saved.get(s.name)
+        try:
+            if not raw["live"]:
+                continue
+            classes = {}
+            for name in DCLASSES:
+                c = raw[name]
+                last = c["last"]
+                classes[name] = {
+                    "bytes": int(c["used_bytes"]),
+                    "counter_bytes": 0 if last is None else int(last[0]),
+                    "capped": bool(c["capped"]),
+                    "ceil_bps": None if c["ceil_bps"] is None else int(c["ceil_bps"]),
                 }
-                for dclass, c in enumerate(record.classes)
-            },
-        }
+            out[s.name] = {
+                "period_start": float(raw["period_start"]),
+                "period_end": float(raw["period_end"]),
+                "classes": classes,
+            }
+        except (TypeError, KeyError, IndexError, ValueError):
+            continue
     return out
 
 

@@ -218,6 +218,9 @@ def test_status_document_round_trips_through_status_read(cfg: config.Config) -> 
     }
     assert back.slices["alice"]["period_end"] - back.slices["alice"]["period_start"] == 1000
     assert set(back.slices) == {"default", "alice", "bob"}
+    # A saved slice of the wrong shape is shown as not saved yet, never a traceback.
+    raw = {"alice": {"live": True, "normal": {"used_bytes": "lots"}}, "bob": []}
+    assert status.slices(cfg, raw) == {}
     assert sorted(p.name for p in Path(cfg.state_dir).iterdir()) == [
         "ledger-lo.json",
         "lo.status.json",

@@ -179,3 +179,16 @@ def test_readers_never_move_anything(path: str) -> None:
     before = sorted(os.listdir(os.path.dirname(path)))
     assert state.read_state(path, "eth0") is not None
     assert sorted(os.listdir(os.path.dirname(path))) == before
+
+
+def test_the_raw_view_for_stat_is_the_ledger_unchecked(path: str) -> None:
+    ledger, _ = run(path, 30, 3)
+    saved = state.read_raw(path, "eth0")
+    assert saved is not None
+    assert saved == (ledger.to_dict()["slices"], ledger.read_at)
+    assert state.read_raw(path, "wlan0") is None  # another interface's file
+    with open(state.journal_file(path), "ab") as f:
+        f.write(b"not json\n")
+    assert state.read_raw(path, "eth0") == saved  # a bad line ends the journal there
+    Path(path).write_bytes(b"\x00binary")
+    assert state.read_raw(path, "eth0") is None
