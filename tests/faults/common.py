@@ -1,25 +1,38 @@
 """What the fault tests share: a real `bwbpf run` on a veth in a network namespace of its
-own (tests/integration/netns.py), its config, status and log, and mounts made for a test.
+own (tests/integration/netns.py), its config, status and log, mounts made for a test, and
+a receiver (tests/integration/sink.py) in the far namespace that records every datagram
+it gets, so that what the ledger charged is compared with what actually arrived.
 
-Every name starts with "bwfs" and a random suffix; ``cleanup`` stops the daemons we
+Every name starts with "bwfs" and a random suffix; ``cleanup`` stops the processes we
 started (by pid), removes the namespaces and pins and unmounts what was mounted, even
 after a failure.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
+from bwbpf import config, state, status
+from bwbpf.config import Config
+from bwbpf.errors import Error
+from bwbpf.ledger import Ledger
 from tests.conftest import unique
-from tests.integration.netns import Topology, sh
-from tests.integration.test_daemon import read_json, wait_for
+from tests.integration.netns import BWBPF, Topology, sh
+from tests.integration.test_daemon import stop, wait_for
 
 SLICE, SLICE_ID = "web", 9
 # Ethernet 14 + IPv4 20 + UDP 8 around every datagram.
 UDP4_OVERHEAD = 42
+# Ethernet 14 + IPv6 40 + UDP 8.
+UDP6_OVERHEAD = 62
+OVERHEAD = {4: UDP4_OVERHEAD, 6: UDP6_OVERHEAD}
 
 CONFIG = """
 [node]
@@ -41,7 +54,7 @@ SLICE_TEMPLATE = """
 name = "{slice}"
 id = {slice_id}
 match = {{ src = ["{src}/32"] }}
-normal = {{ limit = "100MB", threshold = 0.5, max_rate = "{max_rate}", min_rate = "8bit" }}
+normal = {{ limit = "{limit}", threshold = 0.5, max_rate = "{max_rate}", min_rate = "8bit" }}
 """
 
 
@@ -58,6 +71,139 @@ class FaultEnv:
         self.state_dir = tmp / "state"
         self.mounts: list[Path] = []
         self.logs = 0
+        self.cfg: Config | None = None
+        self.sink: subprocess.Popen[bytes] | None = None
+        self.sink_dir = tmp / "sink"
+        self.received_path = self.sink_dir / "received"
+
+    def setup(self) -> None:
+        """The namespaces and veths, then the receiver, bound before any test sends."""
+        self.topo.setup()
+        self.start_sink()
+
+    def start_sink(self) -> None:
+        """The receiver in the destination namespace, on the UDP port traffic.py sends to
+        (9); returns once it is bound (its ready file exists)."""
+        self.sink_dir.mkdir(exist_ok=True)
+        ready = self.sink_dir / "ready"
+        sink = self.sink = self.topo.background_dst(
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.sink",
+                "--out",
+                str(self.received_path),
+                "--ready",
+                str(ready),
+            ],
+            log=self.sink_dir / "sink.log",
+        )
+
+        def bound() -> bool:
+            log = (self.sink_dir / "sink.log").read_text()
+            assert sink.poll() is None, f"the receiver exited {sink.returncode}: {log}"
+            return ready.exists()
+
+        wait_for("the receiver to bind", bound, timeout=30)
+
+    def received(self) -> dict[int, tuple[int, int]]:
+        """What the receiver got so far: {IP version: (datagrams, payload bytes)}. A last
+        line still being written (no newline yet) is not counted."""
+        got = {4: (0, 0), 6: (0, 0)}
+        try:
+            text = self.received_path.read_text()
+        except FileNotFoundError:
+            return got
+        for line in text.splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
+            version, size = (int(x) for x in line.split())
+            count, total = got[version]
+            got[version] = (count + 1, total + size)
+        return got
+
+    def received_wire(self) -> int:
+        """Bytes on the wire of every datagram the receiver got: payload plus Ethernet, IP
+        and UDP headers (what bwbpf's classifier counts on the sending device)."""
+        return sum(total + count * OVERHEAD[v] for v, (count, total) in self.received().items())
+
+    def udp_counters(self) -> dict[str, int]:
+        """The destination namespace's UDP counters (/proc/net/snmp is per namespace):
+        RcvbufErrors or NoPorts explain a datagram sent and not received."""
+        rows = [
+            line.split()
+            for line in sh(*self.topo.in_dst("cat", "/proc/net/snmp")).stdout.splitlines()
+            if line.startswith("Udp:")
+        ]
+        return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=True)}
+
+    def wait_received(self, expected: int, timeout: float = 30) -> int:
+        """Until the receiver's wire total reaches ``expected``; returns that total (which
+        the test compares: more than expected is returned too, not waited out)."""
+
+        def reached() -> tuple[int] | None:
+            # A one-element tuple: wait_for waits for a true value, and 0 bytes can be one.
+            got = self.received_wire()
+            return (got,) if got >= expected else None
+
+        try:
+            return int(wait_for(f"{expected} wire bytes received", reached, timeout=timeout)[0])
+        except AssertionError:
+            raise AssertionError(
+                f"the receiver got {self.received_wire()} wire bytes, expected {expected};"
+                f" {self.received()}; UDP counters there: {self.udp_counters()}"
+            ) from None
+
+    def daemon_status(self) -> status.DaemonStatus | None:
+        """The daemon's last tick as `bwbpf stat` reads it (the status file, and the slices
+        from the ledger's state file). Read with the configuration last written by
+        write_config: a test may have broken the file since, on purpose."""
+        cfg = self.cfg or config.load(self.config, check_interface=False)
+        return status.read(cfg)
+
+    def ledger(self) -> Ledger | None:
+        """The ledger as saved (snapshot and journal), as the next start would read it."""
+        return state.read_state(str(self.state_path), self.topo.veth_a)
+
+    def saved_at(self) -> float:
+        """When the daemon last wrote its state (the snapshot or a journal line); 0 if never."""
+        paths = (self.state_path, Path(state.journal_file(str(self.state_path))))
+        return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
+
+    def wait_counted(
+        self, expected: int, slice_name: str = SLICE, timeout: float = 60
+    ) -> status.DaemonStatus:
+        """Until the receiver got exactly ``expected`` wire bytes and the daemon's ledger
+        charges the slice (normal class) what the receiver got; that tick's status. The
+        default timeout covers a first tick that compiles the classifier."""
+        got = self.wait_received(expected)
+        assert got == expected, f"the receiver got {got} wire bytes, the test sent {expected}"
+        charged = None
+
+        def charged_all() -> status.DaemonStatus | None:
+            nonlocal charged
+            st = self.daemon_status()
+            if st is None or slice_name not in st.slices:
+                return None
+            charged = st.slices[slice_name]["classes"]["normal"]["bytes"]
+            return st if charged == got else None
+
+        try:
+            return cast(
+                status.DaemonStatus,
+                wait_for(f"{slice_name} charged {got}", charged_all, timeout=timeout),
+            )
+        except AssertionError:
+            raise AssertionError(
+                f"{slice_name}: ledger usage {charged}, the receiver got {got} wire bytes"
+            ) from None
+
+    def send(self, count: int, size: int, dst: str | None = None, **opts: object) -> int:
+        """``count`` datagrams of ``size`` payload bytes from the limited source address
+        (the slice SLICE's) to the receiver; their bytes on the wire."""
+        opts.setdefault("src", self.topo.limited_src_ip)
+        self.topo.send(dst or self.topo.dst_ip, count, size, **opts)
+        return count * (size + (UDP6_OVERHEAD if ":" in (dst or "") else UDP4_OVERHEAD))
 
     def config_text(
         self,
@@ -67,13 +213,21 @@ class FaultEnv:
         period: str = "1h",
         extra: str = "",
         max_rate: str = "100mbit",
+        limit: str = "100MB",
+        more_slices: str = "",
     ) -> str:
         """The test's config: ``slices`` as given (TOML ``[[slice]]`` tables), or by default
-        the one slice SLICE matched by the limited source address."""
+        the one slice SLICE matched by the limited source address (normal class: ``limit``
+        and ``max_rate``); ``more_slices`` after them."""
         if slices is None:
             slices = SLICE_TEMPLATE.format(
-                slice=SLICE, slice_id=SLICE_ID, src=self.topo.limited_src_ip, max_rate=max_rate
+                slice=SLICE,
+                slice_id=SLICE_ID,
+                src=self.topo.limited_src_ip,
+                max_rate=max_rate,
+                limit=limit,
             )
+        slices += more_slices
         return CONFIG.format(
             interface=self.topo.veth_a,
             state_dir=self.state_dir,
@@ -85,6 +239,10 @@ class FaultEnv:
 
     def write_config(self, slices: str | None = None, **kwargs: str) -> Path:
         self.config.write_text(self.config_text(slices, **kwargs))
+        try:
+            self.cfg = config.load(self.config, check_interface=False)
+        except Error:
+            self.cfg = None  # a config a test means to be refused
         return self.config
 
     @property
@@ -99,26 +257,38 @@ class FaultEnv:
     def state_path(self) -> Path:
         return self.state_dir / f"ledger-{self.topo.veth_a}.json"
 
-    def start_daemon(self) -> subprocess.Popen[bytes]:
+    def start_daemon(self, environ: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """`bwbpf run -v` in the source namespace, with ``environ`` added to its
+        environment (through env(1): the variables reach the daemon and nothing else)."""
         self.logs += 1
-        proc = self.topo.run_daemon(self.config, log=self.tmp / f"daemon{self.logs}.log")
-        # nsenter only switches the network namespace: it execs bwbpf, no child process.
-        wait_for(
-            "bwbpf to exec", lambda: b"bwbpf" in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
-        )
+        cmd = [BWBPF, "-v", "run", "-c", str(self.config)]
+        if environ:
+            cmd = ["env", *(f"{k}={v}" for k, v in environ.items()), *cmd]
+        proc = self.topo.background(cmd, log=self.tmp / f"daemon{self.logs}.log")
+
+        # nsenter only switches the network namespace and execs, as env does: the pid is
+        # bwbpf's once its interpreter runs. (nsenter's own argv names bwbpf too, so the
+        # program name is what tells.)
+        def execed() -> bool:
+            argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+            return Path(os.fsdecode(argv[0])).name not in ("nsenter", "env")
+
+        wait_for("bwbpf to exec", execed)
         return proc
 
     def daemon_log(self) -> str:
         return "\n".join(p.read_text() for p in sorted(self.tmp.glob("daemon*.log")))
 
     def wait_tick(self, proc: subprocess.Popen[bytes], after: float, timeout: float = 60) -> dict:
-        """The status file of proc's first tick after time ``after``."""
+        """The status of proc's first tick after time ``after``, with its slices (as
+        DaemonStatus's fields)."""
 
         def ticked() -> dict | None:
             assert proc.poll() is None, f"daemon exited {proc.returncode}: {self.daemon_log()}"
-            doc = read_json(self.status_path)
-            if doc and doc["pid"] == proc.pid and doc["last_tick"] > after:
-                return doc
+            # One read for the tick and its slices: they belong to the same tick.
+            st = self.daemon_status()
+            if st is not None and st.pid == proc.pid and st.last_tick > after:
+                return dataclasses.asdict(st)
             return None
 
         return wait_for("a daemon tick", ticked, timeout=timeout)
@@ -136,9 +306,22 @@ class FaultEnv:
         sh("mount", *args, str(target))
         self.mounts.append(target)
 
+    def tx_bytes(self) -> int:
+        """What bwbpf's device (veth A) has sent, by its own counter."""
+        return int(self.topo.link_stats("src")["tx"]["bytes"])
+
+    def peer_rx_bytes(self) -> int:
+        """What the far end (veth B, in the destination namespace) has received."""
+        return int(self.topo.link_stats("dst")["rx"]["bytes"])
+
     def cleanup(self) -> None:
         try:
-            self.topo.teardown()
+            try:
+                # Ours, by its pid, before the namespace it listens in goes (teardown would
+                # stop it too, as one of the topology's processes).
+                stop(self.sink)
+            finally:
+                self.topo.teardown()
         finally:
             for target in reversed(self.mounts):
                 if sh("umount", str(target), check=False).returncode != 0:

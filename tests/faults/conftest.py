@@ -14,13 +14,14 @@ from tests.faults.common import FaultEnv
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[FaultEnv]:
-    """A FaultEnv with its namespaces made, and everything removed afterwards."""
+    """A FaultEnv with its namespaces made and its receiver bound, and everything removed
+    afterwards."""
     require_root()
     if shutil.which("nsenter") is None:
         pytest.skip("nsenter is not installed (Debian package util-linux)")
     e = FaultEnv(tmp_path)
     try:
-        e.topo.setup()
+        e.setup()
         yield e
     finally:
         e.cleanup()

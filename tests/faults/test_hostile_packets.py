@@ -2,24 +2,23 @@
 
 Malformed, truncated, tagged, fragmented and non-IP frames go out of bwbpf's device through
 a packet socket (so through the qdisc and the classifier, as a tenant's raw socket would).
-Nothing may be lost: the growth of all counters together equals the bytes the device sent,
-and every frame a header of which is cut short adds to the truncated-header error count.
+Nothing may be lost: the growth of all counters together equals the bytes the device sent
+and the bytes its peer in the far namespace received, and every frame a header of which is
+cut short adds to the truncated-header error count.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bwbpf import config, datapath
 from tests import packets as pk
-from tests.conftest import require_root
-from tests.integration.netns import REPO, Topology, sh
+from tests.faults.common import FaultEnv
+from tests.integration.netns import REPO
 
 pytestmark = [pytest.mark.root, pytest.mark.faults]
 
@@ -28,33 +27,17 @@ REPEAT = 7  # a prime count of every frame: a stray packet cannot make the sums 
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
-    require_root()
-    topo = Topology()
-    cfg = tmp_path / "bwbpf.toml"
-    try:
-        topo.setup()
-        cfg.write_text(f"""
-[node]
-interface = "{topo.veth_a}"
-state_dir = "{tmp_path / "state"}"
-[exempt]
-prefixes = ["{topo.exempt_prefix}"]
-[[slice]]
-name = "tenant"
-id = {SLICE_ID}
-match = {{ src = ["{topo.limited_src_ip}/32", "{topo.src_ip6}/128"] }}
-""")
-        topo.bwbpf("up", "-c", str(cfg))
-        yield topo, cfg
-    finally:
-        topo.bwbpf("down", "-c", str(cfg), check=False)
-        topo.teardown()
-
-
-def tx_bytes(topo: Topology) -> int:
-    out = sh(*topo.in_src("ip", "-j", "-s", "link", "show", "dev", topo.veth_a)).stdout
-    return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
+def node(env: FaultEnv) -> FaultEnv:
+    """The classifier installed (`bwbpf up`, no daemon) with an exempt prefix and one slice
+    matched by an IPv4 and an IPv6 source address."""
+    topo = env.topo
+    env.write_config(
+        f'[[slice]]\nname = "tenant"\nid = {SLICE_ID}\n'
+        f'match = {{ src = ["{topo.limited_src_ip}/32", "{topo.src_ip6}/128"] }}\n',
+        extra=f'[exempt]\nprefixes = ["{topo.exempt_prefix}"]\n',
+    )
+    topo.bwbpf("up", "-c", str(env.config))
+    return env
 
 
 def counted(cfg_path: Path) -> tuple[int, dict[int, tuple[int, int]], dict[str, int]]:
@@ -67,8 +50,8 @@ def counted(cfg_path: Path) -> tuple[int, dict[int, tuple[int, int]], dict[str, 
     return sum(n + e for n, e in by_id.values()), by_id, errors
 
 
-def test_every_hostile_frame_is_counted(node: tuple, tmp_path: Path) -> None:
-    topo, cfg = node
+def test_every_hostile_frame_is_counted(node: FaultEnv) -> None:
+    env, topo, cfg = node, node.topo, node.config
     me, other, exempt = topo.limited_src_ip, topo.dst_ip, topo.exempt_dst_ip
     tenant_v6 = topo.src_ip6
     tenant_frames = [
@@ -104,20 +87,22 @@ def test_every_hostile_frame_is_counted(node: tuple, tmp_path: Path) -> None:
         pk.eth(pk.ETH_P_IP, pk.ipv4("0.0.0.0", "255.255.255.255")),
     ]
     frames = tenant_frames + tenant_exempt + truncated + other_frames
-    path = tmp_path / "frames.hex"
+    path = env.tmp / "frames.hex"
     path.write_text("".join(f.hex() + "\n" for f in frames))
 
     total0, by_id0, errors0 = counted(cfg)
-    tx0 = tx_bytes(topo)
+    tx0, rx0 = env.tx_bytes(), env.peer_rx_bytes()
     send = [sys.executable, "-m", "tests.integration.traffic", "--frames", str(path)]
     send += ["--ifname", topo.veth_a, "--count", str(REPEAT)]
     subprocess.run(topo.in_src(*send), check=True, cwd=REPO, timeout=60)
     total1, by_id1, errors1 = counted(cfg)
-    tx1 = tx_bytes(topo)
+    tx1, rx1 = env.tx_bytes(), env.peer_rx_bytes()
 
-    # Nothing lost: every byte the device sent is in some slice's counter.
-    assert total1 - total0 == tx1 - tx0
-    assert tx1 - tx0 >= REPEAT * sum(len(f) for f in frames)
+    # Nothing lost: every byte the device sent, and its peer received, is in some slice's
+    # counter. (No frame here is addressed to the peer's MAC address, so none reaches a
+    # socket there: the peer device's receive counter is what the far end got.)
+    assert (total1 - total0, tx1 - tx0) == (rx1 - rx0, rx1 - rx0)
+    assert rx1 - rx0 >= REPEAT * sum(len(f) for f in frames)
     # What parsed as the tenant's went to the tenant, split by destination class.
     grown = tuple(by_id1[SLICE_ID][i] - by_id0[SLICE_ID][i] for i in (0, 1))
     assert grown == (

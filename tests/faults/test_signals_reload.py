@@ -1,5 +1,6 @@
 """A real daemon under a storm of SIGHUPs and broken config files: alive, ticking, no fd
-leaked, every failed reload shown in its status until a reload succeeds (root)."""
+leaked, every failed reload shown in its status until a reload succeeds, and every byte
+the receiver got charged (root)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def test_hundred_hups_in_a_second(env: FaultEnv) -> None:
             time.sleep(0.005)
     assert time.monotonic() - started < 1.0
     sent_at = time.time()
+    # Traffic while the storm's reloads run: every byte of it is charged.
+    sent = env.send(40, 1000)
 
     # Alive and ticking, while and after the reloads run.
     env.wait_tick(daemon, sent_at)
@@ -45,6 +48,7 @@ def test_hundred_hups_in_a_second(env: FaultEnv) -> None:
     assert 1 <= reloads <= 70, reloads
     assert fd_count(daemon.pid) <= before + 2, os.listdir(f"/proc/{daemon.pid}/fd")
     assert "Traceback" not in env.daemon_log()
+    env.wait_counted(sent)
 
     os.kill(daemon.pid, signal.SIGTERM)
     assert daemon.wait(timeout=30) == 0
@@ -68,6 +72,7 @@ def test_broken_config_files_never_end_the_daemon(env: FaultEnv) -> None:
         "huge-rate": env.config_text(max_rate="1e35bit").encode(),
         "fifo-exempt": env.config_text(extra=f'\n[exempt]\nfiles = ["{fifo}"]\n').encode(),
     }
+    sent = 0
     for name, content in cases.items():
         errors = env.daemon_log().count("reload: keeping")
         env.config.write_bytes(content)
@@ -81,6 +86,9 @@ def test_broken_config_files_never_end_the_daemon(env: FaultEnv) -> None:
         problems = _reload_problems(env)
         assert daemon.poll() is None, name
         assert len(problems) == 1 and problems[0].endswith(line), (name, problems, line)
+        # The configuration in force still counts: what arrives is charged.
+        sent += env.send(9, 700)
+        env.wait_counted(sent)
     assert "Traceback" not in env.daemon_log()
 
     # The old configuration is in force all along; a good reload clears the problem.
@@ -89,5 +97,7 @@ def test_broken_config_files_never_end_the_daemon(env: FaultEnv) -> None:
     wait_for("the reload", lambda: "reloaded" in env.daemon_log(), timeout=60)
     env.wait_tick(daemon, time.time())
     assert _reload_problems(env) == []
+    sent += env.send(4, 300)
+    env.wait_counted(sent)
     os.kill(daemon.pid, signal.SIGTERM)
     assert daemon.wait(timeout=30) == 0

@@ -4,14 +4,14 @@ accounting, logs it, and saves again once there is room (root: mounts, namespace
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 
 import pytest
 
-from tests.faults.common import SLICE, UDP4_OVERHEAD, FaultEnv, fill
+from bwbpf import limits
+from tests.faults.common import SLICE, FaultEnv, fill
 from tests.integration.test_daemon import read_json, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.faults]
@@ -48,9 +48,13 @@ def test_full_read_only_or_uncreatable_state_dir_refuses_to_start(env: FaultEnv)
     _refused(env, "cannot be created: Not a directory")
 
 
-def _ledger_class(env: FaultEnv) -> dict:
-    doc = json.loads(env.state_path.read_text())
-    return doc["ledger"]["slices"][SLICE]["normal"]
+def _saved_normal(env: FaultEnv) -> tuple[int, int | None]:
+    """(usage, last counter reading) of the slice's normal class, as saved."""
+    ledger = env.ledger()
+    record = None if ledger is None else ledger.get(SLICE)
+    assert record is not None, f"no {SLICE} in the saved ledger"
+    normal = record.classes[limits.DCLASS_NORMAL]
+    return normal.used_bytes, None if normal.last is None else normal.last[0]
 
 
 def test_disk_filling_up_while_running(env: FaultEnv) -> None:
@@ -63,8 +67,7 @@ def test_disk_filling_up_while_running(env: FaultEnv) -> None:
     filler = fill(env.state_dir)
     full_at = time.time()
     wait_for("the ENOSPC", lambda: "No space left on device" in env.daemon_log())
-    env.topo.send(env.topo.dst_ip, 50, 1000, src=env.topo.limited_src_ip)
-    sent += 50 * (1000 + UDP4_OVERHEAD)
+    sent += env.send(50, 1000)
     time.sleep(3)
     assert daemon.poll() is None
     # Still ticking: one line per file per tick (the state and the status), not per slice.
@@ -75,18 +78,19 @@ def test_disk_filling_up_while_running(env: FaultEnv) -> None:
     stale = read_json(env.status_path)
     assert stale is not None and stale["last_tick"] < full_at + 1.5
 
-    env.topo.send(env.topo.dst_ip, 30, 500, src=env.topo.limited_src_ip)
-    sent += 30 * (500 + UDP4_OVERHEAD)
+    sent += env.send(30, 500)
+    # Everything sent while the disk was full arrived: the receiver's total is what the
+    # ledger must hold once the state can be saved again.
+    received = env.wait_received(sent)
+    assert received == sent
     filler.unlink()
     freed_at = time.time()
     doc = env.wait_tick(daemon, freed_at)
-    # Saved again, with every byte sent while the disk was full.
-    wait_for(
-        "the state saved", lambda: json.loads(env.state_path.read_text())["saved_at"] > freed_at
-    )
-    normal = _ledger_class(env)
-    assert normal["used_bytes"] == sent == normal["last"][0]
-    assert doc["slices"][SLICE]["classes"]["normal"]["bytes"] == sent
+    # Saved again, with every byte received while the disk was full.
+    wait_for("the state saved", lambda: env.saved_at() > freed_at)
+    assert _saved_normal(env) == (received, received)
+    assert doc["slices"][SLICE]["classes"]["normal"]["bytes"] == received
+    assert env.received_wire() == received  # and nothing more arrived meanwhile
     assert doc["problems"] == []
     os.kill(daemon.pid, signal.SIGTERM)
     assert daemon.wait(timeout=30) == 0

@@ -173,6 +173,23 @@ class Topology:
         self.processes.append(proc)
         return proc
 
+    def background_dst(self, cmd: list[str], log: Path | None = None) -> subprocess.Popen[bytes]:
+        """A process in the destination namespace (a receiver), started from the
+        repository (so ``python -m tests...`` works) and stopped by teardown like those of
+        ``background``."""
+        out = log.open("wb") if log else subprocess.DEVNULL
+        proc = subprocess.Popen(self.in_dst(*cmd), stdout=out, stderr=out, cwd=REPO)
+        self.processes.append(proc)
+        return proc
+
+    def link_stats(self, side: str = "src") -> dict:
+        """The kernel's counters of veth A ("src") or veth B ("dst"), read in its own
+        namespace: {"rx": {"bytes": ..., "packets": ...}, "tx": {...}}. (Under nsenter
+        /sys/class/net is still the host's, which does not have these devices.)"""
+        ns, dev = (self.src_ns, self.veth_a) if side == "src" else (self.dst_ns, self.veth_b)
+        out = sh("ip", "-n", ns, "-j", "-s", "link", "show", "dev", dev).stdout
+        return dict(json.loads(out)[0]["stats64"])
+
     def run_daemon(
         self, config: Path, *args: str, log: Path | None = None
     ) -> subprocess.Popen[bytes]:
