@@ -516,14 +516,15 @@ class Daemon:
         try:
             shaper = self._shaper_open()
             if full:
+                ceils = ceilings(self.cfg, decisions)
                 if not (shaper.root_is_ours() and datapath.attached(self.cfg.interface)):
                     log.warning(
                         "%s: bwbpf's HTB root or classifier is missing; restoring",
                         self.cfg.interface,
                     )
-                    self._install(ceilings(self.cfg, decisions))
+                    self._install(ceils)
                     shaper = self._shaper_open()
-                changes = shaper.apply(desired_tree(self.cfg, ceilings(self.cfg, decisions)))
+                changes = shaper.apply(desired_tree(self.cfg, ceils))
                 self._verify_at = time.monotonic() + VERIFY_S
                 names: Iterable[str] = decisions
             else:

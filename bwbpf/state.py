@@ -175,21 +175,11 @@ def load_state(path: str, interface: str, now: float | None = None) -> tuple[Led
     if now is None:
         now = time.time()
     try:
-        # O_NONBLOCK: a FIFO planted at the path must not hang the daemon's start.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+        raw = _read_file(path)
+    except _Unusable as exc:
+        return Ledger(), _set_aside(path, str(exc), now)
+    if raw is None:
         return Ledger(), None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return Ledger(), _set_aside(path, "a symbolic link, not followed", now)
-        return Ledger(), _set_aside(path, f"cannot read: {exc.strerror or exc}", now)
-    try:
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return Ledger(), _set_aside(path, "not a regular file", now)
-            raw = f.read()
-    except OSError as exc:
-        return Ledger(), _set_aside(path, f"cannot read: {exc.strerror or exc}", now)
     try:
         ledger, journal = _parse(raw, interface, now)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -205,13 +195,11 @@ def read_state(path: str, interface: str) -> Ledger | None:
     """The ledger as saved (snapshot and journal), for readers such as ``bwbpf stat``:
     never moves anything aside or writes; None if there is no usable state file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
-            raw = f.read()
+        raw = _read_file(path)
+        if raw is None:
+            return None
         ledger, journal = _parse(raw, interface)
-    except (OSError, ValueError, TypeError, OverflowError, RecursionError):
+    except (_Unusable, ValueError, TypeError, OverflowError, RecursionError):
         return None
     if journal:
         _replay(journal_file(path), journal, ledger, None, set_aside=False)
@@ -224,7 +212,10 @@ def read_raw(path: str, interface: str) -> tuple[dict[str, Any], float | None] |
     fast at 10,000 slices (checking every value as ``read_state`` does costs ~0.5 s) and
     treats what it cannot use as missing. Never writes; None without a usable file."""
     try:
-        document = _read_json(path)
+        raw = _read_file(path)
+        if raw is None:
+            return None
+        document = json.loads(raw)
         if document.get("interface") != interface or document.get("version") != STATE_VERSION:
             return None
         top = document["ledger"]
@@ -237,32 +228,45 @@ def read_raw(path: str, interface: str) -> tuple[dict[str, Any], float | None] |
                 for name in entry["gone"]:
                     slices.pop(name, None)
                 read_at = entry["ledger"].get("read_at", read_at)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+    except (_Unusable, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
     return slices, (read_at if isinstance(read_at, int | float) else None)
 
 
-def _read_json(path: str) -> Any:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ValueError("not a regular file")
-        return json.loads(f.read())
+class _Unusable(Exception):
+    """Why a state or journal file cannot be read (one line, without the path)."""
+
+
+def _read_file(path: str) -> bytes | None:
+    """The bytes of the regular file at ``path``; None if there is none. A symbolic link is
+    never followed, a FIFO never blocks (O_NONBLOCK: one planted at the path must not hang
+    the daemon's start), and anything else unusable raises _Unusable saying why."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Unusable("a symbolic link, not followed") from None
+        raise _Unusable(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise _Unusable("not a regular file")
+            return f.read()
+    except OSError as exc:
+        raise _Unusable(f"cannot read: {exc.strerror or exc}") from None
 
 
 def _journal_entries(path: str, journal: str) -> list[dict[str, Any]]:
     """The complete lines of the journal that belong to snapshot ``journal``, up to the
     first that is not an entry (unchecked; see read_raw)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+        raw = _read_file(path)
+    except _Unusable:
         return []
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return []
-        lines = f.read().split(b"\n")[:-1]
     out = []
-    for line in lines:
+    for line in (raw or b"").split(b"\n")[:-1]:
         try:
             entry = json.loads(line)
         except ValueError:
@@ -284,21 +288,13 @@ def _replay(
     and the ledger keeps the entries before it; the counters still hold what the rest
     would have added."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+        raw = _read_file(path)
+    except _Unusable as exc:
+        why = str(exc)
+        return _set_aside(path, why, now, "the entries after the snapshot") if set_aside else why
+    if raw is None:
         return None
-    except OSError as exc:
-        why = "a symbolic link, not followed" if exc.errno == errno.ELOOP else exc.strerror
-        return (
-            _set_aside(path, str(why), now, "the entries after the snapshot") if set_aside else why
-        )
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            why = "not a regular file"
-            return (
-                _set_aside(path, why, now, "the entries after the snapshot") if set_aside else why
-            )
-        lines = f.read().split(b"\n")
+    lines = raw.split(b"\n")
     # Complete lines end in a newline: what follows the last one is a cut-short write.
     for number, line in enumerate(lines[:-1], 1):
         try:
