@@ -118,7 +118,10 @@ class StateFile:
         try:
             if due:
                 self._snapshot(ledger, now)
-            elif changed or gone:
+            else:
+                # Every tick, even an idle one: the ledger's own fields (read_at, the
+                # uncounted bytes) move without any slice changing, and a restart needs
+                # them (read_at splits the traffic of a period rollover).
                 self._append(ledger, now, changed, gone)
         except BaseException:
             ledger.unsaved([*changed, *gone])

@@ -65,9 +65,25 @@ def test_a_tick_writes_what_changed_not_everything(path: str) -> None:
     line = state.written_bytes() - before
     assert 0 < line < snapshot / 20, (line, snapshot)
     before = state.written_bytes()
-    tick(ledger, NOW + 4, counters)  # nobody sent: nothing to write
+    tick(ledger, NOW + 4, counters)  # nobody sent: only the ledger's own fields
     saved.save(ledger, NOW + 4)
-    assert state.written_bytes() == before
+    assert 0 < state.written_bytes() - before < 300
+    last = json.loads(Path(state.journal_file(path)).read_text().splitlines()[-1])
+    assert last["slices"] == {} and last["gone"] == [] and last["ledger"]["read_at"] == NOW + 4
+
+
+def test_an_idle_ticks_read_at_survives_a_restart(path: str) -> None:
+    ledger, saved = run(path, 3, 3)
+    counters = {f"s{i}": 0 for i in range(SLICES)}
+    tick(ledger, NOW + 49, counters)
+    saved.save(ledger, NOW + 49)
+    tick(ledger, NOW + 50, counters)  # idle: no slice changed
+    assert ledger.changed == set()
+    ledger.uncounted_bytes += 4242
+    saved.save(ledger, NOW + 50)
+    loaded, problem = state.load_state(path, "eth0", now=NOW + 50)
+    assert problem is None
+    assert (loaded.read_at, loaded.uncounted_bytes) == (ledger.read_at, ledger.uncounted_bytes)
 
 
 def test_the_journal_is_folded_into_a_new_snapshot_once_it_outgrows_it(path: str) -> None:
