@@ -1,8 +1,10 @@
 """The few bpf(2) commands bwbpf issues itself, through ctypes.
 
-bcc compiles and loads; these cover what it lacks or does slowly: opening pinned maps
-without compiling anything (``stat`` stays light), batch reads of per-CPU arrays (one
-syscall for all slices instead of one per key) and ``BPF_PROG_TEST_RUN``. Layouts follow
+bcc compiles and loads, in a short-lived loader process (bwbpf/loader.py); everything else
+goes through these: opening pinned programs and maps without compiling anything (the
+daemon and ``stat`` never load bcc or LLVM), element updates and deletes in the match
+maps, batch reads of per-CPU arrays (one syscall for all slices instead of one per key)
+and ``BPF_PROG_TEST_RUN``. Layouts follow
 ``union bpf_attr`` in include/uapi/linux/bpf.h.
 """
 
@@ -20,6 +22,7 @@ _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390
 
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
@@ -107,12 +110,21 @@ class MapInfo(ctypes.Structure):
 
 
 class ProgInfo(ctypes.Structure):
-    """The head of struct bpf_prog_info: its type, id and tag."""
+    """The head of struct bpf_prog_info: its type, id and tag, and the ids of the maps it
+    uses (the kernel fills ``map_ids`` up to ``nr_map_ids`` and sets that to the count)."""
 
     _fields_ = [
         ("type", ctypes.c_uint32),
         ("id", ctypes.c_uint32),
         ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
     ]
 
 
@@ -166,6 +178,16 @@ def prog_info(fd: int) -> ProgInfo:
     return info
 
 
+def prog_map_ids(fd: int) -> list[int]:
+    """The ids of the maps a loaded program uses (its verified references)."""
+    count = prog_info(fd).nr_map_ids
+    ids = (ctypes.c_uint32 * max(count, 1))()
+    info = ProgInfo(nr_map_ids=count, map_ids=ctypes.addressof(ids))
+    attr = _InfoByFd(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return list(ids[: min(count, info.nr_map_ids)])
+
+
 def map_lookup(fd: int, key: ctypes._CData, value: ctypes._CData) -> bool:
     """Fill value from key; False when the key is absent."""
     attr = _Elem(map_fd=fd, key=ctypes.addressof(key), value=ctypes.addressof(value))
@@ -181,6 +203,18 @@ def map_lookup(fd: int, key: ctypes._CData, value: ctypes._CData) -> bool:
 def map_update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:
     attr = _Elem(map_fd=fd, key=ctypes.addressof(key), value=ctypes.addressof(value))
     _bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+
+def map_delete(fd: int, key: ctypes._CData) -> bool:
+    """Delete key; False when it was absent."""
+    attr = _Elem(map_fd=fd, key=ctypes.addressof(key))
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, attr)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
 
 
 def percpu_array_read(fd: int, count: int, value_size: int, ncpus: int) -> memoryview:

@@ -1,16 +1,26 @@
 """The kernel half: compile and load bpf/egress.c with bcc, fill its maps from the config,
 attach it to the HTB root qdisc, and read the pinned counters back.
 
-Counters and error counters are pinned in ``<bpffs>/bwbpf/<interface>/`` and reused by
-every later load, so no count is lost when a program is replaced or its loader exits. The
-match and exempt maps belong to one program: a new program gets fresh ones, filled before
-it replaces the old one in a single netlink request (``tc filter replace``), so there is no
-moment when packets go unclassified or half-configured.
+Compiling takes bcc and LLVM (~140 MB resident), so it happens in a short-lived loader
+process (bwbpf/loader.py) that pins what it made and exits; ``Program`` works from those
+pins through raw bpf(2) calls (bwbpf/bpfsys.py), and nothing else here imports bcc.
+
+Pins, in ``<bpffs>/bwbpf/<interface>/``:
+
+- ``counters``, ``errors``: reused by every later load, so no count is lost when a
+  program is replaced or its loader exits.
+- ``prog``: the attached program. Replaced with rename(2), so it is never missing.
+- ``<map>@<program id>`` for each of the program's match and exempt maps (MATCH_MAPS).
+  They belong to one program: a new program gets fresh ones, filled before it replaces
+  the old one in a single netlink request (``tc filter replace``), so there is no moment
+  when packets go unclassified or half-configured. The id in the name ties each map to
+  its program: the new set is pinned beside the old one, ``prog`` is renamed onto the new
+  program, and only then the old set goes, so ``prog`` and the maps it names always
+  belong together. (bpffs refuses names with a dot.)
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import errno
@@ -18,6 +28,7 @@ import functools
 import logging
 import operator
 import os
+import re
 import socket
 import struct
 from collections.abc import Iterable
@@ -27,7 +38,7 @@ from typing import Any, NamedTuple
 
 from bwbpf import bpfsys, classid, config, layout, limits
 from bwbpf.config import Config, Network
-from bwbpf.errors import Error
+from bwbpf.errors import Error, one_line
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,20 @@ PINNED_MAPS = {
     "errors": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(limits.ERROR_REASONS)),
 }
 PROGRAM_PIN = "prog"
+# The maps of one program that user space fills or updates, pinned as <name>@<program id>.
+# (dclass_cache is the program's own scratch space: nothing outside reads it.)
+MATCH_MAPS = (
+    "settings",
+    "slice_by_small_mark",
+    "slice_by_mark",
+    "slice_by_uid",
+    "slice_by_cgroup",
+    "slice_by_src4",
+    "slice_by_src6",
+    "exempt4",
+    "exempt6",
+)
+_GENERATION_PIN = re.compile(rf"({'|'.join((PROGRAM_PIN, *MATCH_MAPS))})@([0-9]+)")
 BPF_FS_MAGIC = 0xCAFE4A11  # include/uapi/linux/magic.h
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -196,8 +221,11 @@ def _check_pins(pin_dir: str) -> None:
 
 
 def compile_program(pin_dir: str, extra_cflags: Iterable[str] = ()) -> Any:
-    """Compile bpf/egress.c with bcc; its counters reuse (or create and pin) pin_dir's maps."""
-    from bcc import BPF  # imported here: ~80 MB, and only the loader needs it
+    """Compile bpf/egress.c with bcc; its counters reuse (or create and pin) pin_dir's maps.
+
+    Only the loader process (bwbpf/loader.py) and tests call this: it maps bcc and LLVM
+    into the process for good."""
+    from bcc import BPF
 
     src = bpf_source_dir()
     os.makedirs(pin_dir, exist_ok=True)
@@ -251,55 +279,137 @@ def tables_for(cfg: Config) -> MatchTables:
     return match_tables(cfg, no_l2=not _has_l2(cfg.interface))
 
 
-def load(cfg: Config, extra_cflags: Iterable[str] = ()) -> tuple[Any, int, MatchTables]:
-    """Compile and fill a program for cfg: (bcc object, program fd, what went in)."""
+def build(pin_dir: str, tables: MatchTables, extra_cflags: Iterable[str] = ()) -> tuple[Any, int]:
+    """Compile, fill and load a program in this process: (bcc object, program fd)."""
     from bcc import BPF
 
+    bpf = compile_program(pin_dir, extra_cflags)
+    try:
+        populate(bpf, tables)
+        fn = bpf.load_func(PROGRAM_NAME, BPF.SCHED_CLS)
+    except Exception as exc:  # bcc raises bare Exception when the verifier refuses
+        bpf.cleanup()
+        raise Error(f"cannot load bpf/egress.c: {one_line(exc)}") from None
+    return bpf, fn.fd
+
+
+def load(cfg: Config, extra_cflags: Iterable[str] = ()) -> tuple[Any, int, MatchTables]:
+    """Compile and fill a program for cfg in this process, for tests and benchmarks that
+    want the bcc object: (bcc object, program fd, what went in). The daemon and the CLI
+    use ``Program.load``, which compiles in a loader process."""
     tables = tables_for(cfg)
     ensure_bpffs(cfg.bpffs_dir)
-    bpf = compile_program(cfg.pin_dir, extra_cflags)
-    populate(bpf, tables)
-    fn = bpf.load_func(PROGRAM_NAME, BPF.SCHED_CLS)
-    return bpf, fn.fd, tables
+    bpf, fd = build(cfg.pin_dir, tables, extra_cflags)
+    return bpf, fd, tables
 
 
-def release(bpf: Any) -> None:
-    """Close a bcc object's fds (program, maps, BTF) and free its LLVM module now.
+def generation_pin(pin_dir: str, name: str, prog_id: int) -> str:
+    """Where program ``prog_id``'s map ``name`` is pinned (``prog``: the program itself,
+    until it is attached and renamed onto ``prog``)."""
+    return os.path.join(pin_dir, f"{name}@{prog_id}")
 
-    bcc registers ``atexit(self.cleanup)`` for every BPF object, so one dropped by its
-    caller is never collected: each load kept ~14 fds and ~1.6 MB until the process
-    exited. An attached program stays attached (the tc filter holds its own reference),
-    and pinned maps stay pinned."""
-    bpf.cleanup()
-    atexit.unregister(bpf.cleanup)
-    # LLVM's allocations only go back to the kernel with malloc_trim (glibc).
-    with contextlib.suppress(AttributeError, OSError):
-        _libc.malloc_trim(0)
+
+def _open_pin(path: str) -> int:
+    try:
+        return bpfsys.obj_get(path)
+    except OSError as exc:
+        raise Error(f"cannot open pinned {path}: {exc.strerror}") from None
 
 
 class Program:
-    """A loaded classifier that its loader keeps: the bcc object (for its match maps), the
-    program fd, and what the match maps hold now."""
+    """A loaded classifier as its user holds it: fds of the program and of its match maps,
+    opened from their pins (nothing is compiled in this process), and what the maps hold
+    now. Closing it leaves it attached and pinned."""
 
-    def __init__(self, bpf: Any, fd: int, tables: MatchTables) -> None:
-        self.bpf = bpf
+    def __init__(self, fd: int, maps: dict[str, int], tables: MatchTables) -> None:
         self.fd = fd
+        self.maps = maps
         self.tables = tables
-        self.id = bpfsys.prog_info(fd).id
+        self.id = _prog_id(fd)
 
     @classmethod
     def load(cls, cfg: Config) -> Program:
-        bpf, fd, tables = load(cfg)
-        return cls(bpf, fd, tables)
+        """Compile and load a program for cfg in a loader process, and open its pins."""
+        from bwbpf import loader
 
-    def repin(self, pin_dir: str) -> bool:
-        """Pin the program again if its pin is gone or names another; True if it did."""
-        return _pin_again(self.fd, os.path.join(pin_dir, PROGRAM_PIN), _prog_id)
+        tables = tables_for(cfg)
+        ensure_bpffs(cfg.bpffs_dir)
+        prog_id = loader.run(cfg.pin_dir, tables)
+        try:
+            return cls.open(cfg.pin_dir, prog_id, tables)
+        except BaseException:
+            remove_generation(cfg.pin_dir, prog_id)
+            raise
+
+    @classmethod
+    def open(cls, pin_dir: str, prog_id: int, tables: MatchTables) -> Program:
+        """The program pinned as ``prog@<prog_id>`` and its match maps. Each map must be one
+        the program itself uses: a set of pins can never pass off another program's map."""
+        fds: list[int] = []
+        try:
+            fd = _open_pin(generation_pin(pin_dir, PROGRAM_PIN, prog_id))
+            fds.append(fd)
+            if _prog_id(fd) != prog_id:
+                raise Error(f"{generation_pin(pin_dir, PROGRAM_PIN, prog_id)} is another program")
+            own = set(bpfsys.prog_map_ids(fd))
+            maps = {}
+            for name in MATCH_MAPS:
+                path = generation_pin(pin_dir, name, prog_id)
+                maps[name] = _open_pin(path)
+                fds.append(maps[name])
+                if _map_id(maps[name]) not in own:
+                    raise Error(f"{path} is not a map of program {prog_id}")
+        except BaseException:
+            for opened in fds:
+                os.close(opened)
+            raise
+        return cls(fd, maps, tables)
+
+    def publish(self, pin_dir: str) -> list[str]:
+        """Make this (attached) program the pinned one: its maps' pins first, then ``prog``
+        renamed onto it, then every other program's pins removed. Returns what it pinned."""
+        try:
+            pinned = self.repin(pin_dir)
+            for entry in os.listdir(pin_dir):
+                found = _GENERATION_PIN.fullmatch(entry)
+                if found and int(found[2]) != self.id:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(pin_dir, entry))
+        except OSError as exc:
+            raise Error(f"cannot pin the classifier in {pin_dir}: {exc.strerror}") from None
+        return pinned
+
+    def repin(self, pin_dir: str) -> list[str]:
+        """Pin the match maps and the program again where a pin is gone or names another
+        object (someone removed the pins); returns the paths pinned."""
+        os.makedirs(pin_dir, exist_ok=True)
+        pinned = [
+            path
+            for path, fd in (
+                (generation_pin(pin_dir, name, self.id), fd) for name, fd in self.maps.items()
+            )
+            if _pin_again(fd, path, _map_id)
+        ]
+        prog = os.path.join(pin_dir, PROGRAM_PIN)
+        if _pinned_id(prog, _prog_id) != self.id:
+            # Pinned beside it, then renamed over it: whoever looks finds a program there.
+            staged = generation_pin(pin_dir, PROGRAM_PIN, self.id)
+            _pin_again(self.fd, staged, _prog_id)
+            os.rename(staged, prog)
+            pinned.append(prog)
+        return pinned
+
+    def discard(self, pin_dir: str) -> None:
+        """Close a program that was never attached, and remove its pins."""
+        self.close()
+        remove_generation(pin_dir, self.id)
 
     def close(self) -> None:
-        if self.bpf is not None:
-            release(self.bpf)
-            self.bpf = None
+        for fd in (self.fd, *self.maps.values()):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = -1
+        self.maps = {}
 
     def set_cgroups(self, cgroups: dict[int, int], levels: int) -> None:
         """Bring the cgroup match map to ``cgroups`` in place, on the live program.
@@ -308,21 +418,23 @@ class Program:
         the old or the new slice of its cgroup, never none of a cgroup that is in both."""
         if cgroups == self.tables.cgroups and levels == self.tables.cgroup_levels:
             return
-        assert self.bpf is not None
-        table = self.bpf["slice_by_cgroup"]
+        table = self.maps["slice_by_cgroup"]
         for cgroup_id, slice_id in cgroups.items():
             if self.tables.cgroups.get(cgroup_id) != slice_id:
-                table[ctypes.c_uint64(cgroup_id)] = ctypes.c_uint32(slice_id)
+                bpfsys.map_update(table, ctypes.c_uint64(cgroup_id), ctypes.c_uint32(slice_id))
         flags = (self.tables.flags & ~layout.F_CGROUP) | (layout.F_CGROUP if cgroups else 0)
-        settings = self.bpf["settings"]
-        leaf = settings.Leaf()
-        leaf.flags = flags
-        leaf.cgroup_levels = levels
-        settings[ctypes.c_int(0)] = leaf
+        settings = layout.Settings(flags=flags, cgroup_levels=levels)
+        bpfsys.map_update(self.maps["settings"], ctypes.c_uint32(0), settings)
         for cgroup_id in self.tables.cgroups.keys() - cgroups.keys():
-            with contextlib.suppress(KeyError):
-                del table[ctypes.c_uint64(cgroup_id)]
+            bpfsys.map_delete(table, ctypes.c_uint64(cgroup_id))
         self.tables = replace(self.tables, flags=flags, cgroup_levels=levels, cgroups=cgroups)
+
+
+def remove_generation(pin_dir: str, prog_id: int) -> None:
+    """Remove one program's ``<name>@<id>`` pins (a load that was not attached)."""
+    for name in (PROGRAM_PIN, *MATCH_MAPS):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(generation_pin(pin_dir, name, prog_id))
 
 
 def is_bpffs(path: str) -> bool:
@@ -392,8 +504,9 @@ def interface_index_or_none(ifname: str) -> int | None:
 
 
 def attach(cfg: Config, prog_fd: int) -> None:
-    """Put the program on the HTB root qdisc, replacing the previous one in one request, and
-    pin it so that tools (bpftool, the daemon's self-check) can find it."""
+    """Put the program on the HTB root qdisc, replacing the previous one in one request.
+    The caller pins it then (``Program.publish``), so that tools (bpftool, the daemon's
+    self-check) find it."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -417,10 +530,6 @@ def attach(cfg: Config, prog_fd: int) -> None:
             )
         except NetlinkError as exc:
             raise Error(f"{cfg.interface}: cannot attach the classifier: {exc}") from None
-    pin = os.path.join(cfg.pin_dir, PROGRAM_PIN)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(pin)
-    bpfsys.obj_pin(prog_fd, pin)
 
 
 def attached(ifname: str) -> bool:
@@ -548,7 +657,11 @@ def remove_pins(pin_dir: str) -> list[str]:
     """Unpin what bwbpf pinned (maps and program) and remove its directory; returns what
     was removed. Only bwbpf's own names are touched."""
     removed = []
-    for name in (*PINNED_MAPS, PROGRAM_PIN):
+    try:
+        generations = [e for e in os.listdir(pin_dir) if _GENERATION_PIN.fullmatch(e)]
+    except FileNotFoundError:
+        generations = []
+    for name in (*PINNED_MAPS, PROGRAM_PIN, *sorted(generations)):
         path = os.path.join(pin_dir, name)
         try:
             os.unlink(path)

@@ -4,7 +4,6 @@ together, in the order that never leaves a packet without a real class."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -67,8 +66,10 @@ def up(
             datapath.attach(cfg, program.fd)
         except BaseException:
             if program is not current:
-                program.close()
+                program.discard(cfg.pin_dir)
             raise
+        # Attached: now the pins name it (and the previous program's pins go).
+        program.publish(cfg.pin_dir)
         # The dump from before apply() serves: every class apply() added is one to keep.
         removed = shaper.remove_others({s.handle for s in specs}, installed)
     if current is not None and program is not current:
@@ -105,8 +106,8 @@ class Watch:
         restores the last two (node.up with the program it keeps)."""
         missing = []
         restored = counters.repin()
-        if program is not None and program.repin(cfg.pin_dir):
-            restored.append(os.path.join(cfg.pin_dir, datapath.PROGRAM_PIN))
+        if program is not None:
+            restored += program.repin(cfg.pin_dir)
         if restored:
             log.warning(
                 "%s: pins were removed; pinned the maps again: %s",

@@ -21,7 +21,7 @@ import pytest
 from bwbpf import classid, config, limits, state, status
 from bwbpf.shaper import Shaper, installed_rate
 from tests.conftest import require_root
-from tests.integration.netns import Topology, sh
+from tests.integration.netns import FIRST_TICK_S, Topology, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -154,7 +154,7 @@ class Env:
             return None
 
         # Generous: a daemon's start compiles the classifier, slow under software emulation.
-        return wait_for("a daemon tick", ticked, timeout=60)
+        return wait_for("a daemon tick", ticked, timeout=FIRST_TICK_S)
 
     def daemon_log(self) -> str:
         return "\n".join(p.read_text() for p in sorted(self.tmp.glob("daemon*.log")))

@@ -19,7 +19,7 @@ import yaml
 from bwbpf import __version__
 from tests.conftest import require_root
 from tests.exposition import samples
-from tests.integration.netns import REPO, Topology, sh
+from tests.integration.netns import FIRST_TICK_S, REPO, Topology, sh
 from tests.integration.test_daemon import UDP4_OVERHEAD, stop, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -127,7 +127,11 @@ def test_scrape_and_textfile_count_every_byte(env: Env) -> None:
     iface = env.topo.veth_a
     env.start_daemon()
     started = time.time()
-    wait_for("the first scrape", lambda: tick_after(env.scrape(), iface, started - 5), timeout=20)
+    wait_for(
+        "the first scrape",
+        lambda: tick_after(env.scrape(), iface, started - 5),
+        timeout=FIRST_TICK_S,
+    )
 
     env.topo.send(env.topo.dst_ip, COUNT, SIZE, src=env.topo.limited_src_ip)
     # Counted at enqueue, in the sending process: after it exits, the counters are final.
@@ -228,7 +232,11 @@ def test_prometheus_alerts_when_a_slice_is_capped(capped_env: Env, tmp_path: Pat
     env = capped_env
     env.start_daemon()
     started = time.time()
-    wait_for("the first scrape", lambda: tick_after(env.scrape(), env.topo.veth_a, started - 5))
+    wait_for(
+        "the first scrape",
+        lambda: tick_after(env.scrape(), env.topo.veth_a, started - 5),
+        timeout=FIRST_TICK_S,
+    )
     api_port = env.port + 1
     api = f"http://127.0.0.1:{api_port}"
     config = prometheus_config(tmp_path, f"127.0.0.1:{env.port}")

@@ -12,7 +12,7 @@ import pytest
 
 from bwbpf.shaper import installed_rate
 from tests.conftest import require_root
-from tests.integration.netns import UDP_FRAME, UDP_PAYLOAD, Topology
+from tests.integration.netns import FIRST_TICK_S, UDP_FRAME, UDP_PAYLOAD, Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -89,7 +89,7 @@ def first_tick(topo: Topology, cfg: Path) -> bool:
 
 def test_period_with_real_traffic(running: tuple[Topology, Path, int]) -> None:
     topo, cfg, period_s = running
-    wait_for("the daemon's first tick", lambda: first_tick(topo, cfg), 15)
+    wait_for("the daemon's first tick", lambda: first_tick(topo, cfg), FIRST_TICK_S)
     # 1.2 MB on the wire: past the 1 MB threshold, short of the 2 MB limit.
     topo.send(topo.dst_ip, 1200, 958, src=topo.limited_src_ip)
     wait_for("the cap", lambda: metered(topo, cfg)["capped"], 5)
