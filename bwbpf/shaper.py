@@ -184,25 +184,45 @@ class Shaper:
     """The HTB tree on one interface. Use as a context manager (it holds netlink sockets)."""
 
     def __init__(self, ifname: str, netns: str | None = None) -> None:
-        from pyroute2 import IPRoute
-
         self.ifname = ifname
-        self._ipr = IPRoute(netns=netns) if netns else IPRoute()
-        found = self._ipr.link_lookup(ifname=ifname)
-        if not found:
-            self._ipr.close()
-            raise Error(f"no such network interface: {ifname}")
-        self.ifindex: int = found[0]
+        self._netns = netns
+        # pyroute2 (the qdisc) is imported and opened on first use: listing and changing
+        # classes, all `bwbpf stat` and most ticks need, go without it (its import alone is
+        # ~0.1 s here and seconds under software emulation).
+        self._pyroute: Any = None
+        if netns is None:
+            try:
+                self.ifindex: int = socket.if_nametoindex(ifname)
+            except OSError:
+                raise Error(f"no such network interface: {ifname}") from None
+        else:
+            found = self._ipr.link_lookup(ifname=ifname)
+            if not found:
+                self.close()
+                raise Error(f"no such network interface: {ifname}")
+            self.ifindex = found[0]
         try:
             self._classes = _ClassChannel(netns)
         except BaseException:
-            self._ipr.close()
+            self.close()
             raise
         self._tick_in_usec = _tick_in_usec()
 
+    @property
+    def _ipr(self) -> Any:
+        if self._pyroute is None:
+            from pyroute2 import IPRoute
+
+            self._pyroute = IPRoute(netns=self._netns) if self._netns else IPRoute()
+        return self._pyroute
+
     def close(self) -> None:
-        self._classes.close()
-        self._ipr.close()
+        if getattr(self, "_classes", None) is not None:
+            self._classes.close()
+            self._classes = None  # type: ignore[assignment]
+        if self._pyroute is not None:
+            self._pyroute.close()
+            self._pyroute = None
 
     def __enter__(self) -> Shaper:
         return self

@@ -3,7 +3,7 @@
 # kernel. Builds the image once (vm/build-image.sh, cached), boots it with qemu (KVM when a
 # probe boot shows it works here, else TCG software emulation), shares this repository
 # read-only over 9p, streams the serial console, and exits with the guest's result.
-# Needs root. Environment: BWBPF_VM_ACCEL=auto|kvm|tcg, BWBPF_VM_TIMEOUT (s from boot to result, default 1200),
+# Needs root. Environment: BWBPF_VM_ACCEL=auto|kvm|tcg, BWBPF_VM_TIMEOUT (s from boot to result, default 1800),
 # BWBPF_VM_MEM (MB, 3072), BWBPF_VM_CPUS (2), BWBPF_VM_CACHE (/var/cache/bwbpf-vm);
 # ARGS is passed to pytest in the guest, as by the Makefile's other test targets.
 set -euo pipefail
@@ -12,7 +12,7 @@ set -euo pipefail
 
 [ "$(id -u)" = 0 ] || die "make vm-test needs root (mmdebstrap, chroot; qemu reads the image)"
 accel=${BWBPF_VM_ACCEL:-auto}
-timeout_s=${BWBPF_VM_TIMEOUT:-1200}
+timeout_s=${BWBPF_VM_TIMEOUT:-1800}
 mem_mb=${BWBPF_VM_MEM:-3072}
 cpus=${BWBPF_VM_CPUS:-2}
 started=$(date +%s)
