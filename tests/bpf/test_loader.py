@@ -166,7 +166,9 @@ def test_replace_swaps_the_pins_without_a_gap_or_a_mix(bpffs: str) -> None:
     reader.start()
     programs = [first]
     try:
-        for n in range(4):
+        # Each load is a compile (tens of seconds under software emulation): two replacements
+        # cover both directions between the two configs.
+        for n in range(2):
             programs.append(datapath.Program.load(other if n % 2 == 0 else cfg))
             programs[-1].publish(cfg.pin_dir)
     finally:
@@ -209,7 +211,8 @@ def test_fds_stay_flat_over_loads(bpffs: str) -> None:
     programs = [datapath.Program.load(cfg)]
     programs[0].publish(cfg.pin_dir)
     fds = len(os.listdir("/proc/self/fd"))
-    for _ in range(5):
+    # A leak shows at the first replacement; three keep a one-off from passing for flat.
+    for _ in range(3):
         programs.append(datapath.Program.load(cfg))
         programs[-1].publish(cfg.pin_dir)
         programs.pop(0).close()
