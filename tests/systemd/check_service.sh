@@ -168,7 +168,10 @@ scraped() { curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics"; }
 
 # Prometheus (ours) lists BwbpfSliceCapped for the tenant as firing.
 alert_firing() {
-    curl -fsS "http://127.0.0.1:$PROM_PORT/api/v1/alerts" 2>/dev/null | python3 -c '
+    local answer
+    # Until Prometheus listens, curl fails and there is nothing to read.
+    answer=$(curl -fsS "http://127.0.0.1:$PROM_PORT/api/v1/alerts" 2>/dev/null) || return 1
+    printf '%s' "$answer" | python3 -c '
 import json, sys
 alerts = json.load(sys.stdin)["data"]["alerts"]
 sys.exit(not any(
