@@ -191,13 +191,7 @@ def prog_map_ids(fd: int) -> list[int]:
 def map_lookup(fd: int, key: ctypes._CData, value: ctypes._CData) -> bool:
     """Fill value from key; False when the key is absent."""
     attr = _Elem(map_fd=fd, key=ctypes.addressof(key), value=ctypes.addressof(value))
-    try:
-        _bpf(BPF_MAP_LOOKUP_ELEM, attr)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _bpf_unless_absent(BPF_MAP_LOOKUP_ELEM, attr)
 
 
 def map_update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:
@@ -208,8 +202,13 @@ def map_update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:
 def map_delete(fd: int, key: ctypes._CData) -> bool:
     """Delete key; False when it was absent."""
     attr = _Elem(map_fd=fd, key=ctypes.addressof(key))
+    return _bpf_unless_absent(BPF_MAP_DELETE_ELEM, attr)
+
+
+def _bpf_unless_absent(cmd: int, attr: ctypes.Structure) -> bool:
+    """Run a map command on one key; False when the key is absent (ENOENT)."""
     try:
-        _bpf(BPF_MAP_DELETE_ELEM, attr)
+        _bpf(cmd, attr)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return False
