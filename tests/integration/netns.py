@@ -28,9 +28,9 @@ BWBPF = str(Path(sys.executable).parent / "bwbpf")
 # more each (Ethernet 14, IPv4 20, UDP 8).
 UDP_PAYLOAD = 1200
 UDP_FRAME = UDP_PAYLOAD + 42
-# How long a test waits for a daemon's first tick: its start compiles the classifier, which
-# takes ~1 s here and tens of seconds under software emulation (make vm-test without KVM).
-# A bound, not a timing: the wait ends at the first tick.
+# How long a test waits for a daemon's first tick or a reload that changes the slices: both
+# compile the classifier, which takes ~1 s here and tens of seconds under software emulation
+# (make vm-test without KVM). A bound, not a timing: the wait ends when the event is seen.
 FIRST_TICK_S = 90.0
 
 

@@ -235,7 +235,7 @@ def test_cap_mail_and_kill_9(env: Env) -> None:
     wait_for("the reload error", lambda: "reload: keeping" in env.daemon_log())
     env.config.write_text(good)
     os.kill(daemon.pid, signal.SIGHUP)
-    wait_for("the reload", lambda: "reloaded" in env.daemon_log())
+    wait_for("the reload", lambda: "reloaded" in env.daemon_log(), timeout=FIRST_TICK_S)
     assert "node.tick" in env.daemon_log()
     env.wait_tick(daemon, time.time())
 

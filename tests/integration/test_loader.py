@@ -141,7 +141,7 @@ def test_daemon_maps_no_compiler_and_counts_across_a_reload(env: Env) -> None:
     env.write_config(ALPHA, BETA)
     reloaded_at = time.time()
     os.kill(daemon.pid, signal.SIGHUP)
-    wait_for("the reload", lambda: "reloaded " in env.log.read_text())
+    wait_for("the reload", lambda: "reloaded " in env.log.read_text(), timeout=FIRST_TICK_S)
     env.wait_tick(daemon.pid, reloaded_at)
     assert _compiler_libs(daemon.pid) == [], env.log.read_text()
     second_id, pins = _pins(env)
