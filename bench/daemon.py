@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -281,6 +281,8 @@ def bench_daemon(slices: int, ticks: int, stat_runs: int, results: list[Result])
         os.mkdir(bpffs)
         stack.callback(shutil.rmtree, bpffs, ignore_errors=True)
         ns = stack.enter_context(namespaces())
+        # stat's cache of validated configs goes with the rest, not into /run.
+        stack.enter_context(_environ("BWBPF_CACHE_DIR", str(tmp / "config-cache")))
         processes = Processes()
         stack.callback(processes.stop_all)  # first out: nothing runs when the rest goes
         s = Setup(ns, processes, tmp, bpffs, slices)
@@ -289,6 +291,19 @@ def bench_daemon(slices: int, ticks: int, stat_runs: int, results: list[Result])
         results.append(rss)
         results += _some_sending(s, ticks, stat_runs, alone)
         results += _all_capped(s, ticks, bare_mb, alone)
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def say(text: str) -> None:
@@ -373,6 +388,9 @@ def _some_sending(s: Setup, ticks: int, stat_runs: int, alone: Window) -> list[R
     all_ms: list[float] = []
     one_ms: list[float] = []
     one_name = slice_name(max(1, s.slices // 2))
+    # The first stat after a config change parses it and keeps it in the cache of validated
+    # configs (bwbpf/configcache.py); the runs measured read it from there.
+    first_ms = timed_ms(s.ns.in_src(BWBPF, "stat", "--json", "-c", str(cfg)))[0]
     out = ""
     for _ in range(stat_runs):
         python_ms.append(timed_ms(s.ns.in_src(sys.executable, "-c", "pass"))[0])
@@ -421,7 +439,7 @@ def _some_sending(s: Setup, ticks: int, stat_runs: int, alone: Window) -> list[R
             python,
             target=f"value <= {STAT_ALL_MAX_MS:g} ms",
             met=stat_all <= STAT_ALL_MAX_MS,
-            extra={"min": round(min(all_ms), 1), "runs": stat_runs},
+            extra={"min": round(min(all_ms), 1), "runs": stat_runs, "first_ms": round(first_ms)},
         ),
         Result(
             f"bwbpf stat SLICE (one of {s.slices:,})",

@@ -6,6 +6,7 @@ that ``bwbpf check`` can list them all at once.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import ipaddress
 import os
@@ -154,6 +155,8 @@ class Config:
     notify: Notify | None = None
     metrics: Metrics | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # The files it was read from besides ``path`` (exempt files), for configcache.
+    sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def pin_dir(self) -> str:
@@ -221,7 +224,7 @@ def _within(path: str, key: str, base: str, name: str) -> str:
     return full
 
 
-class _FileProblem(Exception):
+class FileProblem(Exception):
     """Why a file the config names cannot be used (one line, without the path)."""
 
 
@@ -242,28 +245,28 @@ def _file_kind(mode: int) -> str:
 
 
 def read_text_file(path: str, limit: int = MAX_FILE_BYTES) -> str:
-    """A regular file's text, or _FileProblem. The file is stat'ed before it is opened, and
+    """A regular file's text, or FileProblem. The file is stat'ed before it is opened, and
     opened non-blocking, so a FIFO or a device never blocks the caller; at most ``limit``
     bytes are read; the text must be UTF-8."""
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise _FileProblem(f"cannot read: {exc.strerror}") from None
+        raise FileProblem(f"cannot read: {exc.strerror}") from None
     except ValueError as exc:  # an embedded NUL
-        raise _FileProblem(f"cannot read: {exc}") from None
+        raise FileProblem(f"cannot read: {exc}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise _FileProblem(f"is {_file_kind(st.st_mode)}, not a regular file")
+        raise FileProblem(f"is {_file_kind(st.st_mode)}, not a regular file")
     if st.st_size > limit:
-        raise _FileProblem(f"is {st.st_size} bytes; at most {limit} are read")
+        raise FileProblem(f"is {st.st_size} bytes; at most {limit} are read")
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        raise _FileProblem(f"cannot read: {exc.strerror}") from None
+        raise FileProblem(f"cannot read: {exc.strerror}") from None
     try:
         st = os.fstat(fd)  # the file opened may not be the one stat'ed
         if not stat.S_ISREG(st.st_mode):
-            raise _FileProblem(f"is {_file_kind(st.st_mode)}, not a regular file")
+            raise FileProblem(f"is {_file_kind(st.st_mode)}, not a regular file")
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
@@ -273,15 +276,15 @@ def read_text_file(path: str, limit: int = MAX_FILE_BYTES) -> str:
             chunks.append(chunk)
             size += len(chunk)
     except OSError as exc:
-        raise _FileProblem(f"cannot read: {exc.strerror}") from None
+        raise FileProblem(f"cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
     if size > limit:
-        raise _FileProblem(f"is more than {limit} bytes; at most {limit} are read")
+        raise FileProblem(f"is more than {limit} bytes; at most {limit} are read")
     try:
         return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _FileProblem(f"not UTF-8 text (at byte {exc.start})") from None
+        raise FileProblem(f"not UTF-8 text (at byte {exc.start})") from None
 
 
 class _Checker:
@@ -294,6 +297,8 @@ class _Checker:
         # Beyond MAX_PROBLEMS only a hash of each message is kept, to count the rest once.
         self._more: dict[str, set[int]] = {"problems": set(), "warnings": set()}
         self._seen: set[str] = set()
+        # The files read besides the config itself (exempt files).
+        self.sources: list[str] = []
 
     def _add(self, kind: str, text: str) -> None:
         listed: list[str] = getattr(self, kind)
@@ -643,9 +648,10 @@ def _exempt(c: _Checker, raw: object, base: Path) -> list[Network]:
         shown = str(path) if len(str(path)) <= 200 else str(path)[:197] + "..."
         try:
             text = read_text_file(str(path))
-        except _FileProblem as exc:
+        except FileProblem as exc:
             c.fail(f"exempt.files[{i}]", f"{shown}: {exc}")
             continue
+        c.sources.append(str(path))
         # The first few problems of a file are listed, the rest counted in one line.
         more = 0
         for lineno, line in enumerate(io.StringIO(text), 1):
@@ -745,8 +751,13 @@ def _node_rate(c: _Checker, key: str, value: object) -> int | None:
     return rate
 
 
-def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Config:
-    """Validate a config document; raise ConfigError with every problem found."""
+def parse(
+    text: str, path: str = "<config>", check_interface: bool = True, environment: bool = True
+) -> Config:
+    """Validate a config document; raise ConfigError with every problem found.
+
+    Without ``environment`` only the text (and the exempt files it names) is checked, not
+    the machine: whether the interface exists and which cgroups do (check_environment)."""
     c = _Checker(path)
     try:
         doc = tomllib.loads(text)
@@ -774,11 +785,8 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
             f" with '.' or '-', without '..': {_shown(interface)}",
         )
         interface = ""
-    elif interface and check_interface:
-        try:
-            socket.if_nametoindex(interface)
-        except OSError:
-            c.fail("node.interface", f"no such network interface: {_shown(interface)}")
+    elif interface and check_interface and environment:
+        _interface_exists(c, interface)
     line_rate = _node_rate(c, "node.line_rate", node.get("line_rate", "1gbit"))
     node_cap = _node_rate(c, "node.node_cap", node.get("node_cap", "100mbit"))
     if line_rate and node_cap and node_cap > line_rate:
@@ -879,7 +887,7 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
             c.fail("slice", f"{count} {kind[:-1]} matches; at most {limits.MAX_MATCHES}")
     keys = {s.name: f"slice[{i}]" for i, s in enumerate(slices)}
     _src_overlaps(c, slices, keys)
-    _check_cgroups(c, slices, keys)
+    _check_cgroups(c, slices, keys, environment)
 
     notify = _notify(c, doc.get("notify"))
     if notify is not None:
@@ -912,7 +920,30 @@ def parse(text: str, path: str = "<config>", check_interface: bool = True) -> Co
         notify=notify,
         metrics=metrics,
         warnings=tuple(c.listed("warnings")),
+        sources=tuple(c.sources),
     )
+
+
+def _interface_exists(c: _Checker, interface: str) -> None:
+    try:
+        socket.if_nametoindex(interface)
+    except OSError:
+        c.fail("node.interface", f"no such network interface: {_shown(interface)}")
+
+
+def check_environment(cfg: Config, check_interface: bool = True) -> Config:
+    """What ``parse`` checks of the machine, for a Config parsed without ``environment``:
+    the interface exists (ConfigError if not), and a warning for each cgroup that does not
+    exist yet."""
+    c = _Checker(cfg.path)
+    if check_interface:
+        _interface_exists(c, cfg.interface)
+    _check_cgroups(c, list(cfg.slices), {s.name: f"slice[{i}]" for i, s in enumerate(cfg.slices)})
+    if c.problems:
+        raise ConfigError(c.listed("problems"))
+    if not c.warnings:
+        return cfg
+    return dataclasses.replace(cfg, warnings=cfg.warnings + tuple(c.listed("warnings")))
 
 
 def _src_overlaps(c: _Checker, slices: list[Slice], keys: dict[str, str]) -> None:
@@ -966,10 +997,12 @@ def cgroup_full_path(path: str, mount: str) -> str:
     return os.path.join(mount, path.lstrip("/"))
 
 
-def _check_cgroups(c: _Checker, slices: list[Slice], keys: dict[str, str]) -> None:
-    """Refuse a cgroup deeper than the classifier walks; warn about one that does not exist
-    (yet): until it does its traffic counts to the default slice (the daemon looks the
-    configured paths up again every tick)."""
+def _check_cgroups(
+    c: _Checker, slices: list[Slice], keys: dict[str, str], environment: bool = True
+) -> None:
+    """Refuse a cgroup deeper than the classifier walks; with ``environment``, warn about
+    one that does not exist (yet): until it does its traffic counts to the default slice
+    (the daemon looks the configured paths up again every tick)."""
     if not any(s.match.cgroups for s in slices):
         return
     mount = cgroup2_mount()
@@ -986,6 +1019,8 @@ def _check_cgroups(c: _Checker, slices: list[Slice], keys: dict[str, str]) -> No
                     f"{_shown(path)} is {depth} levels deep; the classifier walks at most"
                     f" {limits.MAX_CGROUP_DEPTH}",
                 )
+                continue
+            if not environment:
                 continue
             if mount is None:
                 c.warn(
@@ -1012,6 +1047,6 @@ def load(path: str | os.PathLike[str], check_interface: bool = True) -> Config:
         p = os.fsdecode(p)
     try:
         text = read_text_file(p)
-    except _FileProblem as exc:
+    except FileProblem as exc:
         raise ConfigError([f"{p}: {exc}"]) from None
     return parse(text, p, check_interface)

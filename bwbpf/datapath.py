@@ -30,7 +30,6 @@ import operator
 import os
 import re
 import socket
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -553,39 +552,16 @@ def filter_name(state_dir: str) -> str:
 def attached_owner(ifname: str) -> Owner | None:
     """Whose classifier sits on the interface's HTB root qdisc, or None when bwbpf's is
     not there."""
-    from pyroute2 import IPRoute
+    from bwbpf.shaper import bpf_filters  # raw rtnetlink: stat goes without pyroute2
 
     try:
         ifindex = socket.if_nametoindex(ifname)
     except OSError:
         return None
-    with IPRoute() as ipr:
-        for msg in ipr.get_filters(index=ifindex, parent=classid.QDISC_HANDLE):
-            opts = msg.get_attr("TCA_OPTIONS")
-            if msg.get_attr("TCA_KIND") == "bpf" and opts is not None:
-                name = opts.get_attr("TCA_BPF_NAME") or ""
-                if name.startswith(PROGRAM_NAME):
-                    rest = name[len(PROGRAM_NAME) :]
-                    state_dir = rest[1:] if rest.startswith(":") else None
-                    return Owner(_attr_u32(opts, TCA_BPF_ID), state_dir)
-    return None
-
-
-# include/uapi/linux/pkt_cls.h; pyroute2 0.9 does not decode it.
-TCA_BPF_ID = 11
-
-
-def _attr_u32(nla: Any, attr_type: int) -> int | None:
-    """A u32 attribute nested in a decoded pyroute2 attribute, read from its raw bytes."""
-    data, end = nla.data, nla.offset + nla.length
-    offset = nla.offset + 4  # past the attribute's own header
-    while offset + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        if kind & 0x3FFF == attr_type and length >= 8:
-            return int(struct.unpack_from("=I", data, offset + 4)[0])
-        offset += (length + 3) & ~3
+    for name, prog_id in bpf_filters(ifindex, classid.QDISC_HANDLE):
+        if name.startswith(PROGRAM_NAME):
+            rest = name[len(PROGRAM_NAME) :]
+            return Owner(prog_id, rest[1:] if rest.startswith(":") else None)
     return None
 
 

@@ -1,4 +1,5 @@
-"""rtnetlink messages for HTB classes, encoded and decoded with struct (no kernel access).
+"""rtnetlink messages for HTB classes (and for finding bwbpf's tc filter), encoded and
+decoded with struct (no kernel access).
 
 Why not pyroute2 here: it decodes every attribute of every message into Python objects and
 runs each request through an asyncio loop. Measured with 10,000 slices (20,005 classes):
@@ -24,6 +25,7 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
+NLM_F_ECHO = 0x8
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
 NLM_F_CREATE = 0x400
@@ -36,9 +38,14 @@ NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 RTM_NEWTCLASS = 40
 RTM_DELTCLASS = 41
 RTM_GETTCLASS = 42
+RTM_NEWTFILTER = 44
+RTM_GETTFILTER = 46
 TCA_KIND = 1
 TCA_OPTIONS = 2
 TCA_STATS2 = 7
+# pkt_cls.h
+TCA_BPF_NAME = 7
+TCA_BPF_ID = 11
 # pkt_sched.h
 TCA_HTB_PARMS = 1
 TCA_HTB_RATE64 = 6
@@ -57,6 +64,7 @@ NLATTR = struct.Struct("=HH")  # len, type
 # mpu, rate), then buffer, cbuffer, quantum, level, prio.
 TC_HTB_OPT = struct.Struct("=BBHhHIBBHhHIIIIII")
 GNET_STATS_BASIC = struct.Struct("=QI")  # bytes, packets (then 4 bytes of padding)
+U64 = struct.Struct("=Q")
 
 # tc's clock: HTB takes buffer times in psched ticks (include/net/pkt_sched.h: 64 ns).
 TIME_UNITS_PER_SEC = 1_000_000
@@ -143,6 +151,35 @@ def delete_class(seq: int, ifindex: int, handle: int, parent: int) -> bytes:
     return _message(RTM_DELTCLASS, NLM_F_REQUEST | NLM_F_ACK, seq, body)
 
 
+def get_class(seq: int, ifindex: int, handle: int) -> bytes:
+    """RTM_GETTCLASS of one class: the kernel answers with its RTM_NEWTCLASS, then the ack
+    (or only an error, ENOENT when there is no such class). The answer is a notification:
+    recent kernels (6.18 here) send it to the asker only with NLM_F_ECHO."""
+    body = TCMSG.pack(0, ifindex, handle, 0, 0)
+    return _message(RTM_GETTCLASS, NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO, seq, body)
+
+
+def dump_filters(seq: int, ifindex: int, parent: int) -> bytes:
+    body = TCMSG.pack(0, ifindex, 0, parent, 0)
+    return _message(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+
+
+def parse_bpf_filter(payload: memoryview) -> tuple[str, int | None] | None:
+    """(name, program id) of a cls_bpf filter's RTM_NEWTFILTER, or None for another kind
+    (or for the header message of a filter chain, which has no options)."""
+    top = attrs(payload[TCMSG.size :])
+    kind, options = top.get(TCA_KIND), top.get(TCA_OPTIONS)
+    if kind is None or bytes(kind).rstrip(b"\0") != b"bpf" or options is None:
+        return None
+    opts = attrs(options)
+    name = opts.get(TCA_BPF_NAME)
+    if name is None:
+        return None
+    prog = opts.get(TCA_BPF_ID)
+    prog_id = struct.unpack_from("=I", prog)[0] if prog is not None and len(prog) >= 4 else None
+    return bytes(name).split(b"\0", 1)[0].decode(errors="replace"), prog_id
+
+
 def dump_classes(seq: int, ifindex: int) -> bytes:
     return _message(RTM_GETTCLASS, NLM_F_REQUEST | NLM_F_DUMP, seq, TCMSG.pack(0, ifindex, 0, 0, 0))
 
@@ -195,28 +232,58 @@ def parse_error(payload: memoryview, flags: int) -> tuple[int, str]:
     return -error, text
 
 
-def parse_class(payload: memoryview) -> HtbClass | None:
-    """An RTM_NEWTCLASS of a dump, or None when it is not an HTB class."""
+def parse_class(payload: memoryview, stats: bool = True) -> HtbClass | None:
+    """An RTM_NEWTCLASS of a dump, or None when it is not an HTB class; without ``stats``
+    its byte and packet counters are left at 0 (not decoded).
+
+    Attributes are read in place, by offset: at 20,005 classes a dump parsed through
+    ``attrs`` (a dict and a memoryview per attribute) took about twice as long."""
     _, _, handle, parent, _ = TCMSG.unpack_from(payload)
-    top = attrs(payload[TCMSG.size :])
-    kind = top.get(TCA_KIND)
-    options = top.get(TCA_OPTIONS)
-    if kind is None or bytes(kind).rstrip(b"\0") != b"htb" or options is None:
+    end = len(payload)
+    kind_at = options_at = options_end = stats_at = stats_end = -1
+    offset = TCMSG.size
+    unpack_attr = NLATTR.unpack_from
+    while offset + 4 <= end:
+        length, kind = unpack_attr(payload, offset)
+        if length < 4:
+            break
+        kind &= NLA_TYPE_MASK
+        if kind == TCA_KIND:
+            kind_at = offset + 4
+        elif kind == TCA_OPTIONS:
+            options_at, options_end = offset + 4, offset + length
+        elif kind == TCA_STATS2:
+            stats_at, stats_end = offset + 4, offset + length
+        offset += (length + 3) & ~3
+    if kind_at < 0 or options_at < 0 or bytes(payload[kind_at : kind_at + 3]) != b"htb":
         return None
-    opts = attrs(options)
-    parms = opts.get(TCA_HTB_PARMS)
-    if parms is None:
+    rate = ceil = quantum = -1
+    offset = options_at
+    while offset + 4 <= options_end:
+        length, kind = unpack_attr(payload, offset)
+        if length < 4:
+            break
+        kind &= NLA_TYPE_MASK
+        if kind == TCA_HTB_PARMS and length >= 4 + TC_HTB_OPT.size:
+            fields = TC_HTB_OPT.unpack_from(payload, offset + 4)
+            rate = fields[5] if rate < 0 else rate
+            ceil = fields[11] if ceil < 0 else ceil
+            quantum = fields[14]
+        elif kind == TCA_HTB_RATE64 and length >= 12:
+            (rate,) = U64.unpack_from(payload, offset + 4)
+        elif kind == TCA_HTB_CEIL64 and length >= 12:
+            (ceil,) = U64.unpack_from(payload, offset + 4)
+        offset += (length + 3) & ~3
+    if quantum < 0:
         return None
-    fields = TC_HTB_OPT.unpack_from(parms)
-    rate, ceil, quantum = fields[5], fields[11], fields[14]
-    if TCA_HTB_RATE64 in opts:
-        (rate,) = struct.unpack_from("=Q", opts[TCA_HTB_RATE64])
-    if TCA_HTB_CEIL64 in opts:
-        (ceil,) = struct.unpack_from("=Q", opts[TCA_HTB_CEIL64])
     sent = packets = 0
-    stats = top.get(TCA_STATS2)
-    if stats is not None:
-        basic = attrs(stats).get(TCA_STATS_BASIC)
-        if basic is not None:
-            sent, packets = GNET_STATS_BASIC.unpack_from(basic)
+    offset = stats_at
+    while stats and offset >= 0 and offset + 4 <= stats_end:
+        length, kind = unpack_attr(payload, offset)
+        if length < 4:
+            break
+        if kind & NLA_TYPE_MASK == TCA_STATS_BASIC and length >= 4 + GNET_STATS_BASIC.size:
+            sent, packets = GNET_STATS_BASIC.unpack_from(payload, offset + 4)
+            break
+        offset += (length + 3) & ~3
     return HtbClass(handle, parent, rate, ceil, quantum, sent, packets)

@@ -18,12 +18,18 @@ from bwbpf.units import format_bytes, format_rate
 
 def build(cfg: Config, names: list[str] | None = None, now: float | None = None) -> dict:
     now = time.time() if now is None else now
-    slices = [s for s in cfg.all_slices() if not names or s.name in names]
+    wanted = set(names or ())
+    slices = [s for s in cfg.all_slices() if not wanted or s.name in wanted]
     with datapath.Counters(cfg.pin_dir) as counters:
         live = counters.read(s.id for s in slices)
         errors = counters.errors()
-    installed = _installed_ceilings(cfg.interface)
-    daemon = status.read(cfg)
+    installed = _installed_ceilings(
+        cfg.interface,
+        {classid.slice_class(s.id, d) for s in slices for d in range(len(limits.DCLASSES))}
+        if names
+        else None,
+    )
+    daemon = status.read(cfg, names)
     entries = []
     for s in slices:
         st = daemon.slices.get(s.name) if daemon else None
@@ -75,12 +81,12 @@ def build(cfg: Config, names: list[str] | None = None, now: float | None = None)
     }
 
 
-def _installed_ceilings(ifname: str) -> dict[int, int]:
+def _installed_ceilings(ifname: str, handles: set[int] | None) -> dict[int, int]:
     from bwbpf.shaper import Shaper
 
     try:
         with Shaper(ifname) as shaper:
-            return {h: c.ceil_bps for h, c in shaper.classes().items()}
+            return shaper.ceilings(handles)
     except Error:
         return {}
 

@@ -10,17 +10,19 @@ carries rate, ceil, bursts and quantum.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bwbpf import classid, htbmsg
 from bwbpf.errors import Error
 from bwbpf.tree import ClassSpec
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -79,6 +81,9 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 CLONE_NEWNET = 0x40000000
+# Up to this many classes are read one request each, more by a dump of every class: at
+# 20,005 classes a dump costs as much as a few hundred single requests.
+GET_MAX = 64
 
 
 def _route_socket(netns: str | None) -> socket.socket:
@@ -160,10 +165,35 @@ class _ClassChannel:
             if failure is not None:
                 raise Error(failure)
 
-    def dump(self, ifindex: int) -> list[htbmsg.HtbClass]:
+    def dump(self, ifindex: int, stats: bool = True) -> list[htbmsg.HtbClass]:
+        return self._dump(
+            htbmsg.dump_classes(self.seq + 1, ifindex),
+            htbmsg.RTM_NEWTCLASS,
+            lambda payload: htbmsg.parse_class(payload, stats),
+            "list HTB classes",
+        )
+
+    def bpf_filters(self, ifindex: int, parent: int) -> list[tuple[str, int | None]]:
+        """(name, program id) of each cls_bpf filter on a qdisc."""
+        return self._dump(
+            htbmsg.dump_filters(self.seq + 1, ifindex, parent),
+            htbmsg.RTM_NEWTFILTER,
+            htbmsg.parse_bpf_filter,
+            "list tc filters",
+            absent=(errno.ENOENT, errno.EINVAL),  # no such qdisc: no filter on it
+        )
+
+    def _dump(
+        self,
+        request: bytes,
+        msg_type: int,
+        parse: Callable[[memoryview], T | None],
+        doing: str,
+        absent: tuple[int, ...] = (),
+    ) -> list[T]:
         self.seq += 1
         seq = self.seq
-        self.sock.send(htbmsg.dump_classes(seq, ifindex))
+        self.sock.send(request)
         out = []
         while True:
             for msg in self._recv():
@@ -171,13 +201,52 @@ class _ClassChannel:
                     continue
                 if msg.type in (htbmsg.NLMSG_DONE, htbmsg.NLMSG_ERROR):
                     err, text = htbmsg.parse_error(msg.payload, msg.flags)
+                    if err in absent:
+                        return []
                     if err:
-                        raise Error(f"cannot list HTB classes: {os.strerror(err)} {text}".strip())
+                        raise Error(f"cannot {doing}: {os.strerror(err)} {text}".strip())
                     return out
-                if msg.type == htbmsg.RTM_NEWTCLASS:
-                    cls = htbmsg.parse_class(msg.payload)
-                    if cls is not None:
-                        out.append(cls)
+                if msg.type == msg_type:
+                    item = parse(msg.payload)
+                    if item is not None:
+                        out.append(item)
+
+    def get(self, ifindex: int, handles: Sequence[int]) -> list[htbmsg.HtbClass]:
+        """The classes of ``handles`` that exist, one request each (no counters)."""
+        out = []
+        for start in range(0, len(handles), self.BATCH):
+            pending: set[int] = set()
+            batch = bytearray()
+            for handle in handles[start : start + self.BATCH]:
+                self.seq += 1
+                pending.add(self.seq)
+                batch += htbmsg.get_class(self.seq, ifindex, handle)
+            self.sock.send(batch)
+            while pending:
+                for msg in self._recv():
+                    if msg.seq not in pending:
+                        continue
+                    if msg.type == htbmsg.RTM_NEWTCLASS:
+                        cls = htbmsg.parse_class(msg.payload, stats=False)
+                        if cls is not None:
+                            out.append(cls)
+                    elif msg.type == htbmsg.NLMSG_ERROR:
+                        pending.discard(msg.seq)
+                        err, text = htbmsg.parse_error(msg.payload, msg.flags)
+                        if err and err != errno.ENOENT:
+                            raise Error(
+                                f"cannot read an HTB class: {os.strerror(err)} {text}".strip()
+                            )
+        return out
+
+
+def bpf_filters(ifindex: int, parent: int) -> list[tuple[str, int | None]]:
+    """(name, program id) of each cls_bpf filter on a qdisc of this namespace."""
+    channel = _ClassChannel(None)
+    try:
+        return channel.bpf_filters(ifindex, parent)
+    finally:
+        channel.close()
 
 
 class Shaper:
@@ -296,6 +365,17 @@ class Shaper:
             )
             for c in self._classes.dump(self.ifindex)
         }
+
+    def ceilings(self, handles: Collection[int] | None = None) -> dict[int, int]:
+        """The ceiling in force (bit/s) of each HTB class, or of those of ``handles`` that
+        exist: a few are asked for one by one, more by one dump without counters."""
+        if handles is not None and len(handles) <= GET_MAX:
+            found = self._classes.get(self.ifindex, sorted(handles))
+        else:
+            found = self._classes.dump(self.ifindex, stats=False)
+            if handles is not None:
+                found = [c for c in found if c.handle in handles]
+        return {c.handle: c.ceil * 8 for c in found}
 
     def apply(
         self, specs: Iterable[ClassSpec], installed: dict[int, InstalledClass] | None = None

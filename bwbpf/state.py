@@ -19,6 +19,7 @@ import stat
 import tempfile
 import time
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 from bwbpf.errors import Error
@@ -64,7 +65,7 @@ def save_state(
     }
     if journal:
         document["journal"] = journal
-    data = _encode(document, path)
+    data = _encode_snapshot(document, path)
     try:
         write_atomic(path, data)
     except OSError as exc:
@@ -72,14 +73,34 @@ def save_state(
     return len(data)
 
 
+# Stands for the slices while the rest of a snapshot is encoded; JSON escapes the NULs, so
+# no other string of the document encodes the same.
+_SLICES_HERE = "\0slices\0"
+_ENCODE = json.JSONEncoder(sort_keys=True, allow_nan=False, separators=(",", ":")).encode
+
+
 def _encode(document: dict[str, Any], path: str) -> bytes:
+    """One line of compact JSON (a journal entry)."""
     try:
         # Compact: with indent= json uses its pure-Python encoder, 4x slower (0.2 s a tick
         # at 10,000 slices). `python3 -m json.tool` shows it indented.
-        text = json.dumps(document, sort_keys=True, allow_nan=False, separators=(",", ":"))
+        return (_ENCODE(document) + "\n").encode()
     except ValueError as exc:  # a NaN or infinite time slipped into the ledger
         raise Error(f"cannot write state file {path}: {exc}") from exc
-    return (text + "\n").encode()
+
+
+def _encode_snapshot(document: dict[str, Any], path: str) -> bytes:
+    """Compact JSON with each slice on a line of its own, ``"name":{...}`` at the start of
+    the line (JSON strings hold no raw newline): a reader that wants a few slices finds
+    them without parsing the other 10,000 (read_raw). Still one JSON document."""
+    ledger = document["ledger"]
+    try:
+        head = _ENCODE({**document, "ledger": {**ledger, "slices": _SLICES_HERE}})
+        lines = [f"{_ENCODE(name)}:{_ENCODE(v)}" for name, v in sorted(ledger["slices"].items())]
+    except ValueError as exc:  # a NaN or infinite time slipped into the ledger
+        raise Error(f"cannot write state file {path}: {exc}") from exc
+    before, after = head.split(_ENCODE(_SLICES_HERE))
+    return (before + "{\n" + ",\n".join(lines) + "\n}" + after + "\n").encode()
 
 
 class StateFile:
@@ -209,31 +230,68 @@ def read_state(path: str, interface: str) -> Ledger | None:
     return ledger
 
 
-def read_raw(path: str, interface: str) -> tuple[dict[str, Any], float | None] | None:
+def read_raw(
+    path: str, interface: str, names: Collection[str] | None = None
+) -> tuple[dict[str, Any], float | None] | None:
     """The saved slices as plain dicts (``Ledger.to_dict()["slices"]`` form, the journal
     applied) and the ledger's ``read_at``, unchecked: for ``bwbpf stat``, which must stay
     fast at 10,000 slices (checking every value as ``read_state`` does costs ~0.5 s) and
-    treats what it cannot use as missing. Never writes; None without a usable file."""
+    treats what it cannot use as missing. With ``names``, only those slices (the others
+    are not parsed). Never writes; None without a usable file."""
     try:
         raw = _read_file(path)
         if raw is None:
             return None
-        document = json.loads(raw)
+        found = _some_slices(raw, names) if names else None
+        if found is not None:
+            document, slices = found
+        else:
+            document = json.loads(raw)
+            slices = None
         if document.get("interface") != interface or document.get("version") != STATE_VERSION:
             return None
         top = document["ledger"]
-        slices = dict(top["slices"])
+        if slices is None:
+            slices = dict(top["slices"])
+            if names:
+                slices = {n: slices[n] for n in names if n in slices}
         read_at = top.get("read_at")
         journal = document.get("journal")
         if journal:
-            for entry in _journal_entries(journal_file(path), journal):
-                slices.update(entry["slices"])
+            for entry in _journal_entries(journal_file(path), journal, names):
+                slices.update(
+                    entry["slices"]
+                    if not names
+                    else {n: v for n, v in entry["slices"].items() if n in names}
+                )
                 for name in entry["gone"]:
                     slices.pop(name, None)
                 read_at = entry["ledger"].get("read_at", read_at)
     except (_Unusable, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
     return slices, (read_at if isinstance(read_at, int | float) else None)
+
+
+def _some_slices(
+    raw: bytes, names: Collection[str]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The document without its slices, and the slices of ``names`` it holds, from a
+    snapshot written a slice per line (_encode); None for a file written otherwise."""
+    first, last = raw.find(b"\n"), raw.rfind(b"\n", 0, len(raw) - 1)
+    if first < 0 or last <= first:
+        return None
+    document = json.loads(raw[:first] + raw[last + 1 :])
+    if not isinstance(document, dict) or document.get("ledger", {}).get("slices") != {}:
+        return None
+    slices = {}
+    for name in names:
+        key = b"\n" + _ENCODE(name).encode() + b":"
+        at = raw.find(key, first, last + 1)
+        if at < 0:
+            continue
+        end = raw.find(b"\n", at + 1)
+        slices[name] = json.loads(raw[at + len(key) : end].rstrip(b","))
+    return document, slices
 
 
 class _Unusable(Exception):
@@ -261,15 +319,23 @@ def _read_file(path: str) -> bytes | None:
         raise _Unusable(f"cannot read: {exc.strerror or exc}") from None
 
 
-def _journal_entries(path: str, journal: str) -> list[dict[str, Any]]:
+def _journal_entries(
+    path: str, journal: str, names: Collection[str] | None = None
+) -> list[dict[str, Any]]:
     """The complete lines of the journal that belong to snapshot ``journal``, up to the
-    first that is not an entry (unchecked; see read_raw)."""
+    first that is not an entry (unchecked; see read_raw). With ``names``, a line that
+    mentions none of them is parsed only when it is the last (its ``read_at`` is the
+    ledger's)."""
     try:
         raw = _read_file(path)
     except _Unusable:
         return []
+    lines = (raw or b"").split(b"\n")[:-1]
+    wanted = [_ENCODE(name).encode() for name in names] if names else None
     out = []
-    for line in (raw or b"").split(b"\n")[:-1]:
+    for i, line in enumerate(lines):
+        if wanted is not None and i < len(lines) - 1 and not any(w in line for w in wanted):
+            continue
         try:
             entry = json.loads(line)
         except ValueError:

@@ -219,8 +219,8 @@ class Topology:
     def bwbpf(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh(*self.in_src(BWBPF, *args), check=check)
 
-    def stat(self, config: Path) -> dict:
-        return json.loads(self.bwbpf("stat", "--json", "-c", str(config)).stdout)
+    def stat(self, config: Path, *names: str) -> dict:
+        return json.loads(self.bwbpf("stat", "--json", "-c", str(config), *names).stdout)
 
     def htb_ceil(self, slice_id: int, dclass: int = limits.DCLASS_NORMAL) -> int:
         with Shaper(self.veth_a, netns=self.src_ns) as shaper:

@@ -202,6 +202,14 @@ def test_cap_mail_and_kill_9(env: Env) -> None:
     assert s["classes"]["normal"]["bytes"] == sent
     assert s["period_end"] - s["period_start"] == 120
     assert not s["classes"]["exempt"]["capped"]
+    # `stat SLICE` reads that slice alone (its classes one request each, its line of the
+    # state file): the same entry as the whole listing's, but for the ceiling's ramp.
+    [one] = env.topo.stat(env.config, SLICE)["slices"]
+    for dname in ("normal", "exempt"):
+        alone, listed = one["classes"][dname], s["classes"][dname]
+        assert alone["ceil_bps"] == pytest.approx(listed["ceil_bps"], rel=0.05)
+        assert {**alone, "ceil_bps": 0} == {**listed, "ceil_bps": 0}
+    assert {**one, "classes": None} == {**s, "classes": None}
     # What the daemon decided at one tick, and what HTB holds: exactly that.
     tick, htb_ceil = env.topo.tick_in_force(env.config, SLICE)
     entry = tick["slices"][SLICE]

@@ -100,8 +100,15 @@ def test_rates_above_34_gbit(topo: tuple[Topology, Path]) -> None:
     text += 'exempt = { max_rate = "75.5gbit", min_rate = "20gbit" }\n'
     cfg.write_text(text)
     t.bwbpf("up", "-c", str(cfg))
+    exempt_handle = classid.slice_class(3, limits.DCLASS_EXEMPT)
+    absent = classid.slice_class(4, limits.DCLASS_NORMAL)
     with Shaper(t.veth_a, netns=t.src_ns) as shaper:
         classes = shaper.classes()
+        # What stat reads: every ceiling in one dump, or a few classes one request each.
+        every = shaper.ceilings()
+        some = shaper.ceilings({exempt_handle, classid.ROOT_CLASS, absent})
+    assert every == {h: c.ceil_bps for h, c in classes.items()}
+    assert some == {h: classes[h].ceil_bps for h in (exempt_handle, classid.ROOT_CLASS)}
     assert classes[classid.ROOT_CLASS].ceil_bps == 100 * 10**9
     assert classes[classid.parent_class(limits.DCLASS_NORMAL)].ceil_bps == 40 * 10**9
     exempt = classes[classid.slice_class(3, limits.DCLASS_EXEMPT)]

@@ -72,6 +72,10 @@ def test_delete_and_dump_requests() -> None:
     assert dump["header"]["type"] == htbmsg.RTM_GETTCLASS
     assert dump["header"]["flags"] == 0x301
     assert dump["index"] == 4
+    one = decoded(htbmsg.get_class(11, 4, 0x14005))
+    assert one["header"]["type"] == htbmsg.RTM_GETTCLASS
+    assert one["header"]["flags"] == 0xD  # a request with an ack and an echo, not a dump
+    assert (one["index"], one["handle"], one["parent"]) == (4, 0x14005, 0)
 
 
 def class_message(seq: int, handle: int, kind: str, options: list, stats: list) -> bytes:
@@ -108,6 +112,11 @@ def test_dump_messages_parse_like_pyroute2_wrote_them() -> None:
         htbmsg.HtbClass(0x18005, 0x10010, 1, 5_000_000_000, 3200, 0, 0),
         None,
     ]
+    # Without stats the counters are not decoded; the parameters are the same.
+    first = next(htbmsg.messages(datagram))
+    assert htbmsg.parse_class(first.payload, stats=False) == htbmsg.HtbClass(
+        0x14005, 0x10010, 1, 0xFFFFFFFF, 3200, 0, 0
+    )
 
 
 def test_errors_and_extended_acks() -> None:
@@ -127,3 +136,26 @@ def test_truncated_datagram_is_an_error() -> None:
     raw = htbmsg.dump_classes(1, 1)
     with pytest.raises(ValueError, match="truncated"):
         list(htbmsg.messages(raw[:-4]))
+
+
+def test_bwbpfs_filter_is_found_by_name_and_program_id() -> None:
+    def filter_message(kind: bytes, options: bytes | None) -> bytes:
+        body = htbmsg.TCMSG.pack(0, 3, 0, 0x10000, 0) + htbmsg._attr(htbmsg.TCA_KIND, kind)
+        if options is not None:
+            body += htbmsg._attr(htbmsg.TCA_OPTIONS, options)
+        return htbmsg._message(htbmsg.RTM_NEWTFILTER, 2, 1, body)
+
+    ours = htbmsg._attr(htbmsg.TCA_BPF_NAME, b"bwbpf_egress:/var/lib/bwbpf\0") + htbmsg._attr(
+        htbmsg.TCA_BPF_ID, struct.pack("=I", 4711)
+    )
+    datagram = (
+        filter_message(b"bpf\0", None)  # the chain's header: no options
+        + filter_message(b"bpf\0", ours)
+        + filter_message(b"u32\0", b"")
+        + filter_message(b"bpf\0", htbmsg._attr(htbmsg.TCA_BPF_ID, struct.pack("=I", 5)))
+    )
+    parsed = [htbmsg.parse_bpf_filter(m.payload) for m in htbmsg.messages(datagram)]
+    assert parsed == [None, ("bwbpf_egress:/var/lib/bwbpf", 4711), None, None]
+    dump = decoded(htbmsg.dump_filters(12, 3, 0x10000))
+    assert dump["header"]["type"] == htbmsg.RTM_GETTFILTER
+    assert (dump["header"]["flags"], dump["index"], dump["parent"]) == (0x301, 3, 0x10000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -208,3 +209,47 @@ def test_the_raw_view_for_stat_is_the_ledger_unchecked(path: str) -> None:
     assert state.read_raw(path, "eth0") == saved  # a bad line ends the journal there
     Path(path).write_bytes(b"\x00binary")
     assert state.read_raw(path, "eth0") is None
+
+
+def test_a_few_slices_are_read_without_the_others(path: str) -> None:
+    ledger, _ = run(path, 30, 3)
+    whole = ledger.to_dict()["slices"]
+    # One JSON document, a slice a line: "name":{...} starts each slice's line.
+    text = Path(path).read_text()
+    assert set(json.loads(text)["ledger"]["slices"]) == set(whole)
+    lines = text.split("\n")
+    assert len(lines) == SLICES + 3  # head, the slices, tail, and the final newline's ""
+    assert all(line.startswith('"s') for line in lines[1 : SLICES + 1])
+    for names in (["s7"], ["s0", "s199"], ["s5", "nobody"]):
+        saved = state.read_raw(path, "eth0", names)
+        assert saved is not None
+        want = {n: whole[n] for n in names if n in whole}
+        assert saved == (want, ledger.read_at), names  # the journal applied to each
+    assert state.read_raw(path, "wlan0", ["s7"]) is None
+
+
+def test_a_slice_named_like_a_field_is_found_by_its_line(tmp_path: Path) -> None:
+    # "normal", "live" and "last" are also keys inside every slice's entry.
+    path = state.state_file(str(tmp_path), "eth0")
+    ledger = Ledger()
+    ledger.update(
+        NOW,
+        {n: {0: (i * 1000, i), 1: (0, 0)} for i, n in enumerate(["normal", "live", "last"], 1)},
+        lambda _n, start: current_period(PERIOD, NOW, start),
+    )
+    state.StateFile(path, "eth0").save(ledger, NOW)
+    for name in ("normal", "live", "last"):
+        saved = state.read_raw(path, "eth0", [name])
+        assert saved is not None
+        assert saved[0] == {name: ledger.to_dict()["slices"][name]}
+
+
+def test_a_snapshot_on_one_line_is_read_whole(path: str) -> None:
+    # A file from before slices had lines of their own: found by parsing all of it.
+    ledger, _ = run(path, 1, 3)
+    document = json.loads(Path(path).read_text())
+    Path(path).write_text(json.dumps(document, separators=(",", ":")) + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state.journal_file(path))
+    saved = state.read_raw(path, "eth0", ["s1"])
+    assert saved is not None and saved[0] == {"s1": ledger.to_dict()["slices"]["s1"]}
