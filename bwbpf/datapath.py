@@ -472,20 +472,20 @@ def _has_l2(ifname: str) -> bool:
     namespace that mounted it (under nsenter, the host's), not necessarily ours."""
     link = _link(ifname)
     # ARPHRD_ETHER 1, ARPHRD_LOOPBACK 772 have Ethernet headers; ARPHRD_NONE 0xfffe does not.
-    return link is None or link["ifi_type"] != 0xFFFE
+    return link is None or link[1] != 0xFFFE
 
 
-def _link(ifname: str) -> Any:
-    """The device's RTM_NEWLINK message, read over netlink in our network namespace (sysfs
-    shows the namespace that mounted it: under nsenter, the host's); None if it is gone."""
-    from pyroute2 import IPRoute
+def _link(ifname: str) -> tuple[int, int, int | None] | None:
+    """(ifindex, device type, transmitted bytes) of the device, read over netlink in our
+    network namespace (sysfs shows the namespace that mounted it: under nsenter, the
+    host's); None if it is gone."""
+    from bwbpf.rtnl import Rtnl
 
     index = interface_index_or_none(ifname)
     if index is None:
         return None
-    with IPRoute() as ipr:
-        links = ipr.get_links(index)
-    return links[0] if links else None
+    with Rtnl(None) as rtnl:
+        return rtnl.link(index)
 
 
 def interface_index(ifname: str) -> int:
@@ -506,29 +506,31 @@ def attach(cfg: Config, prog_fd: int) -> None:
     """Put the program on the HTB root qdisc, replacing the previous one in one request.
     The caller pins it then (``Program.publish``), so that tools (bpftool, the daemon's
     self-check) find it."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    from bwbpf import htbmsg
+    from bwbpf.rtnl import Rtnl
 
     ifindex = interface_index(cfg.interface)
-    with IPRoute() as ipr:
-        try:
-            # The cb field behind skb->tc_classid is 16 bits: the program writes the minor,
-            # and cls_bpf takes the major from the filter's own classid (cls_bpf_classify).
-            ipr.tc(
-                "replace-filter",
-                "bpf",
-                ifindex,
-                handle=FILTER_HANDLE,
-                parent=classid.QDISC_HANDLE,
-                prio=FILTER_PRIO,
-                protocol=ETH_P_ALL,
-                fd=prog_fd,
-                classid=classid.QDISC_HANDLE,
-                name=filter_name(cfg.state_dir),
-                direct_action=True,
-            )
-        except NetlinkError as exc:
-            raise Error(f"{cfg.interface}: cannot attach the classifier: {exc}") from None
+
+    def request(seq: int) -> bytes:
+        # The cb field behind skb->tc_classid is 16 bits: the program writes the minor, and
+        # cls_bpf takes the major from the filter's own classid (cls_bpf_classify).
+        return htbmsg.put_filter(
+            seq,
+            ifindex,
+            parent=classid.QDISC_HANDLE,
+            handle=FILTER_HANDLE,
+            prio=FILTER_PRIO,
+            protocol=ETH_P_ALL,
+            fd=prog_fd,
+            name=filter_name(cfg.state_dir),
+            classid=classid.QDISC_HANDLE,
+        )
+
+    try:
+        with Rtnl(None) as rtnl:
+            rtnl.run([(request, "attach the classifier")])
+    except Error as exc:
+        raise Error(f"{cfg.interface}: {exc}") from None
 
 
 def attached(ifname: str) -> bool:
@@ -552,7 +554,7 @@ def filter_name(state_dir: str) -> str:
 def attached_owner(ifname: str) -> Owner | None:
     """Whose classifier sits on the interface's HTB root qdisc, or None when bwbpf's is
     not there."""
-    from bwbpf.shaper import bpf_filters  # raw rtnetlink: stat goes without pyroute2
+    from bwbpf.rtnl import bpf_filters
 
     try:
         ifindex = socket.if_nametoindex(ifname)
@@ -625,8 +627,7 @@ def check_owner(cfg: Config, current_id: int | None = None) -> None:
 def tx_bytes(ifname: str) -> int | None:
     """The device's own transmitted-bytes counter (IFLA_STATS64)."""
     link = _link(ifname)
-    stats = None if link is None else link.get_attr("IFLA_STATS64")
-    return None if stats is None else int(stats["tx_bytes"])
+    return None if link is None else link[2]
 
 
 def remove_pins(pin_dir: str) -> list[str]:

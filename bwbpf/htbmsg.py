@@ -1,12 +1,14 @@
-"""rtnetlink messages for HTB classes (and for finding bwbpf's tc filter), encoded and
-decoded with struct (no kernel access).
+"""rtnetlink messages for bwbpf's HTB tree, its tc filter and the device's counters,
+encoded and decoded with struct (no kernel access).
 
 Why not pyroute2 here: it decodes every attribute of every message into Python objects and
 runs each request through an asyncio loop. Measured with 10,000 slices (20,005 classes):
 one class dump took ~4 s (`tc class show`: 0.1 s) and `bwbpf up`'s 20,005 class changes
 ~55 s. bwbpf reads five fields of a class and writes one kind of request, so this module
 encodes exactly those requests and decodes exactly those fields; shaper.py sends them in
-batches, as `tc -batch` does. pyroute2 still does everything else (links, qdisc, filter).
+batches, as `tc -batch` does. The root qdisc, the filter and the device's counters take a
+few more messages of the same kind, so that the daemon never imports pyroute2 (11 MB of
+its resident memory, and a new socket for each of its checks at every tick).
 
 Layouts are the kernel's UAPI (include/uapi/linux/{netlink,rtnetlink,pkt_sched,
 gen_stats}.h), all in host byte order. The unit tests check both directions against
@@ -15,6 +17,7 @@ pyroute2's own encoder and decoder.
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,19 +38,32 @@ NLMSGERR_ATTR_MSG = 1
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 # rtnetlink.h
+RTM_NEWLINK = 16
+RTM_GETLINK = 18
+RTM_NEWQDISC = 36
+RTM_DELQDISC = 37
+RTM_GETQDISC = 38
 RTM_NEWTCLASS = 40
 RTM_DELTCLASS = 41
 RTM_GETTCLASS = 42
 RTM_NEWTFILTER = 44
 RTM_GETTFILTER = 46
+# if_link.h
+IFLA_IFNAME = 3
+IFLA_STATS64 = 23
 TCA_KIND = 1
 TCA_OPTIONS = 2
 TCA_STATS2 = 7
 # pkt_cls.h
+TCA_BPF_CLASSID = 3
+TCA_BPF_FD = 6
 TCA_BPF_NAME = 7
+TCA_BPF_FLAGS = 8
 TCA_BPF_ID = 11
+TCA_BPF_FLAG_ACT_DIRECT = 1
 # pkt_sched.h
 TCA_HTB_PARMS = 1
+TCA_HTB_INIT = 2
 TCA_HTB_RATE64 = 6
 TCA_HTB_CEIL64 = 7
 # gen_stats.h
@@ -59,6 +75,13 @@ U32_MAX = 0xFFFFFFFF
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 NLMSGERR = struct.Struct("=i")  # error (then the request's header, and maybe attributes)
 TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+# struct tc_htb_glob: version, rate2quantum, defcls, debug, direct_pkts (as tc sends it).
+TC_HTB_GLOB = struct.Struct("=IIIII")
+HTB_VERSION = 3
+HTB_RATE2QUANTUM = 10
+# struct rtnl_link_stats64 begins rx_packets, tx_packets, rx_bytes, tx_bytes (all u64).
+LINK_STATS64_TX_BYTES = 24
 NLATTR = struct.Struct("=HH")  # len, type
 # struct tc_htb_opt: two struct tc_ratespec (cell_log, linklayer, overhead, cell_align,
 # mpu, rate), then buffer, cbuffer, quantum, level, prio.
@@ -178,6 +201,86 @@ def parse_bpf_filter(payload: memoryview) -> tuple[str, int | None] | None:
     prog = opts.get(TCA_BPF_ID)
     prog_id = struct.unpack_from("=I", prog)[0] if prog is not None and len(prog) >= 4 else None
     return bytes(name).split(b"\0", 1)[0].decode(errors="replace"), prog_id
+
+
+def put_filter(
+    seq: int,
+    ifindex: int,
+    *,
+    parent: int,
+    handle: int,
+    prio: int,
+    protocol: int,
+    fd: int,
+    name: str,
+    classid: int,
+) -> bytes:
+    """RTM_NEWTFILTER creating a cls_bpf filter in direct-action mode, or replacing the
+    one of that parent, priority, protocol and handle (as `tc filter replace`)."""
+    options = (
+        _attr(TCA_BPF_FD, struct.pack("=I", fd))
+        + _attr(TCA_BPF_NAME, name.encode() + b"\0")
+        + _attr(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT))
+        + _attr(TCA_BPF_CLASSID, struct.pack("=I", classid))
+    )
+    info = (prio << 16) | socket.htons(protocol)
+    body = (
+        TCMSG.pack(0, ifindex, handle, parent, info)
+        + _attr(TCA_KIND, b"bpf\0")
+        + _attr(TCA_OPTIONS, options)
+    )
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+    return _message(RTM_NEWTFILTER, flags, seq, body)
+
+
+def put_htb_root(seq: int, ifindex: int, handle: int, default_minor: int) -> bytes:
+    """RTM_NEWQDISC making HTB ``handle`` the root qdisc, replacing whatever root qdisc
+    the device had; unclassified packets go to class ``default_minor``."""
+    glob = TC_HTB_GLOB.pack(HTB_VERSION, HTB_RATE2QUANTUM, default_minor, 0, 0)
+    body = (
+        TCMSG.pack(0, ifindex, handle, TC_H_ROOT, 0)
+        + _attr(TCA_KIND, b"htb\0")
+        + _attr(TCA_OPTIONS, _attr(TCA_HTB_INIT, glob))
+    )
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+    return _message(RTM_NEWQDISC, flags, seq, body)
+
+
+def delete_root_qdisc(seq: int, ifindex: int, handle: int) -> bytes:
+    body = TCMSG.pack(0, ifindex, handle, TC_H_ROOT, 0)
+    return _message(RTM_DELQDISC, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+def dump_qdiscs(seq: int) -> bytes:
+    """Every qdisc of every device (the kernel does not filter a qdisc dump by device)."""
+    return _message(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, seq, TCMSG.pack(0, 0, 0, 0, 0))
+
+
+def parse_qdisc(payload: memoryview) -> tuple[int, int, int, str]:
+    """(ifindex, handle, parent, kind) of an RTM_NEWQDISC."""
+    _, ifindex, handle, parent, _ = TCMSG.unpack_from(payload)
+    kind = attrs(payload[TCMSG.size :]).get(TCA_KIND)
+    text = b"" if kind is None else bytes(kind).split(b"\0", 1)[0]
+    return ifindex, handle, parent, text.decode(errors="replace")
+
+
+def get_link(seq: int, ifindex: int = 0, name: str | None = None) -> bytes:
+    """RTM_GETLINK of one device, by index or by name: its RTM_NEWLINK, then the ack. The
+    answer goes to the asker only (unlike a tc get, it is no notification)."""
+    body = IFINFOMSG.pack(0, 0, ifindex, 0, 0)
+    if name is not None:
+        body += _attr(IFLA_IFNAME, name.encode() + b"\0")
+    return _message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+def parse_link(payload: memoryview) -> tuple[int, int, int | None]:
+    """(ifindex, device type, transmitted bytes or None) of an RTM_NEWLINK."""
+    _, kind, ifindex, _, _ = IFINFOMSG.unpack_from(payload)
+    stats = attrs(payload[IFINFOMSG.size :]).get(IFLA_STATS64)
+    tx = None
+    if stats is not None and len(stats) >= LINK_STATS64_TX_BYTES + 8:
+        (tx,) = U64.unpack_from(stats, LINK_STATS64_TX_BYTES)
+    return ifindex, kind, tx
 
 
 def dump_classes(seq: int, ifindex: int) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,3 +130,26 @@ def test_up_removes_classes_of_slices_that_left(topo: tuple[Topology, Path]) -> 
     assert classid.slice_class(3, limits.DCLASS_NORMAL) not in classes
     assert classid.slice_class(3, limits.DCLASS_EXEMPT) not in classes
     assert classid.slice_class(0, limits.DCLASS_NORMAL) in classes
+
+
+# A daemon's start (qdisc, classes, filter) and its tick (the checks of root, filter, pins
+# and the device's counters), then stat, in one process: what modules did they need?
+NO_PYROUTE2 = """
+import sys
+from bwbpf.cli import main
+for argv in (["run", "--once", "-c", sys.argv[1]], ["stat", "-c", sys.argv[1]]):
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+print(sorted({m.split(".")[0] for m in sys.modules} & {"pyroute2", "bcc"}))
+"""
+
+
+def test_the_daemon_and_stat_go_without_pyroute2(topo: tuple[Topology, Path]) -> None:
+    """pyroute2 costs the daemon 11 MB of resident memory and a socket for each check; the
+    raw rtnetlink messages of htbmsg do all of it."""
+    t, cfg = topo
+    out = sh(*t.in_src(sys.executable, "-c", NO_PYROUTE2, str(cfg))).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
+    assert "htb 1:" in device_state(t)[0]  # it did install the tree

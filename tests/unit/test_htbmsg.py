@@ -6,6 +6,7 @@ import struct
 
 import pytest
 from pyroute2.netlink.rtnl import RTM_NEWTCLASS
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.tcmsg import common, tcmsg
 from pyroute2.netlink.rtnl.tcmsg.sched_htb import get_class_parameters
 
@@ -159,3 +160,64 @@ def test_bwbpfs_filter_is_found_by_name_and_program_id() -> None:
     dump = decoded(htbmsg.dump_filters(12, 3, 0x10000))
     assert dump["header"]["type"] == htbmsg.RTM_GETTFILTER
     assert (dump["header"]["flags"], dump["index"], dump["parent"]) == (0x301, 3, 0x10000)
+
+
+def test_root_qdisc_and_filter_requests_are_what_pyroute2_reads() -> None:
+    root = decoded(htbmsg.put_htb_root(1, 4, 0x10000, 0x4000))
+    assert root["header"]["type"] == htbmsg.RTM_NEWQDISC
+    assert root["header"]["flags"] == 0x505  # request, ack, create, replace
+    assert (root["index"], root["handle"], root["parent"]) == (4, 0x10000, 0xFFFFFFFF)
+    assert root.get_attr("TCA_KIND") == "htb"
+    glob = root.get_attr("TCA_OPTIONS").get_attr("TCA_HTB_INIT")
+    assert (glob["version"], glob["rate2quantum"], glob["defcls"]) == (3, 10, 0x4000)
+
+    gone = decoded(htbmsg.delete_root_qdisc(2, 4, 0x10000))
+    assert gone["header"]["type"] == htbmsg.RTM_DELQDISC
+    assert (gone["index"], gone["handle"], gone["parent"]) == (4, 0x10000, 0xFFFFFFFF)
+
+    f = decoded(
+        htbmsg.put_filter(
+            3,
+            4,
+            parent=0x10000,
+            handle=1,
+            prio=1,
+            protocol=3,
+            fd=17,
+            name="bwbpf_egress:/x",
+            classid=0x10000,
+        )
+    )
+    assert f["header"]["type"] == htbmsg.RTM_NEWTFILTER
+    assert (f["index"], f["handle"], f["parent"]) == (4, 1, 0x10000)
+    assert f["info"] == (1 << 16) | 0x0300  # priority 1, ETH_P_ALL in network order
+    opts = f.get_attr("TCA_OPTIONS")
+    assert f.get_attr("TCA_KIND") == "bpf"
+    assert opts.get_attr("TCA_BPF_FD") == 17
+    assert opts.get_attr("TCA_BPF_NAME") == "bwbpf_egress:/x"
+    assert opts.get_attr("TCA_BPF_FLAGS") == 1  # direct action
+    assert opts.get_attr("TCA_BPF_CLASSID") == 0x10000
+
+
+def test_qdiscs_and_links_parse_like_pyroute2_wrote_them() -> None:
+    q = tcmsg()
+    q["header"]["type"] = htbmsg.RTM_NEWQDISC
+    q["index"], q["handle"], q["parent"] = 7, 0x10000, 0xFFFFFFFF
+    q["attrs"] = [["TCA_KIND", "htb"]]
+    q.encode()
+    [msg] = htbmsg.messages(bytes(q.data))
+    assert htbmsg.parse_qdisc(msg.payload) == (7, 0x10000, 0xFFFFFFFF, "htb")
+
+    link = ifinfmsg()
+    link["header"]["type"] = htbmsg.RTM_NEWLINK
+    link["index"], link["ifi_type"] = 9, 0xFFFE
+    link["attrs"] = [["IFLA_IFNAME", "wg0"], ["IFLA_STATS64", {"tx_bytes": 123_456_789_012}]]
+    link.encode()
+    [msg] = htbmsg.messages(bytes(link.data))
+    assert htbmsg.parse_link(msg.payload) == (9, 0xFFFE, 123_456_789_012)
+
+    ask = ifinfmsg(htbmsg.get_link(4, name="veth0"))
+    ask.decode()
+    assert ask["header"]["type"] == htbmsg.RTM_GETLINK
+    assert ask["header"]["flags"] == 0x5
+    assert ask.get_attr("IFLA_IFNAME") == "veth0"
