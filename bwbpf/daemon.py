@@ -8,7 +8,6 @@ only sequences them with the kernel, the clock, the disk and the mail server.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -18,7 +17,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bwbpf import config, datapath, lifecycle, metrics, node, notify, periods, policy, state, status
+from bwbpf import (
+    config,
+    datapath,
+    heap,
+    lifecycle,
+    metrics,
+    node,
+    notify,
+    periods,
+    policy,
+    state,
+    status,
+)
 from bwbpf.clock import AccountingClock, describe_offset
 from bwbpf.config import Config, Slice
 from bwbpf.errors import ConfigError, Error, one_line
@@ -244,16 +255,6 @@ class TickMeter:
         )
 
 
-def _freeze_heap() -> None:
-    """Leave what exists now (config, ledger, imported modules: ~10^6 objects at 10,000
-    slices) out of every later garbage collection. Without this each full collection
-    walks all of it, several times a tick at 10,000 slices. What an earlier freeze kept
-    is looked at again first: after a reload some of it is garbage."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-
-
 # -- systemd --------------------------------------------------------------------------------
 
 
@@ -316,7 +317,6 @@ class Daemon:
         # tick and then every VERIFY_S seconds; in between only changed ceilings are sent.
         self._verify_at = 0.0
         self._shaper: Shaper | None = None
-        self._samples = metrics.SampleCache()
         self._textfile_at = 0.0  # when the metrics textfile is next written
         # The last completed tick: wall seconds, CPU seconds, bytes written (metrics).
         self.tick_cost = TickCost()
@@ -442,7 +442,7 @@ class Daemon:
         if not self.dry_run:
             self._guard(self._notify, decisions, now, redecided | self._mail_retry)
         # Metrics before status: a textfile that cannot be written shows in `bwbpf stat`.
-        self._guard(self._export, now, decisions, redecided)
+        self._guard(self._export, now, decisions)
         self._guard(self._publish, now, decisions)
         capped = sorted(self._decider.capped)
         sd_notify(
@@ -450,6 +450,8 @@ class Daemon:
             + (f": {', '.join(capped[:5])}" if capped else "")
         )
         self.tick_cost = meter.done()
+        if self.tick_cost.written_bytes >= heap.TRIM_AFTER_BYTES:
+            heap.trim()
         return dict(decisions)
 
     def _account(self, now: float) -> None:
@@ -458,11 +460,16 @@ class Daemon:
             self._reopen_counters()
         assert self._counters is not None
         raw = self._counters.read(s.id for s in cfg.all_slices())
-        self.ledger.update(
-            now,
-            readings(cfg, raw),
-            lambda _name, start: periods.current_period(cfg.period, now, start),
-        )
+        # Most slices share their period: work each distinct one out once per tick.
+        known: dict[float | None, tuple[float, float]] = {}
+
+        def period(_name: str, start: float | None) -> tuple[float, float]:
+            found = known.get(start)
+            if found is None:
+                found = known[start] = periods.current_period(cfg.period, now, start)
+            return found
+
+        self.ledger.update(now, readings(cfg, raw), period)
 
     def _watch_datapath(self) -> None:
         """Restore within this tick what someone removed (pins, root qdisc, classifier),
@@ -663,22 +670,20 @@ class Daemon:
         except Error as exc:
             log.error("%s", exc)
 
-    def _export(self, now: float, decisions: Decisions, redecided: set[str]) -> None:
+    def _export(self, now: float, decisions: Decisions) -> None:
         """Hand this tick's snapshot to the metrics exporter; write the textfile when
         ``textfile_interval`` has passed since it was last written."""
         settings = self.cfg.metrics
         if settings is None or self._counters is None:
             return
         try:
-            classes = self._samples.update(
-                self.cfg, self.ledger, decisions, self._decider.slices, redecided
-            )
             errors = self._counters.errors()
-        except BaseException as exc:
-            self._samples = metrics.SampleCache()  # made whole again at the next tick
-            if isinstance(exc, OSError):
-                raise Error(f"cannot read the datapath error counters: {exc.strerror}") from None
-            raise
+        except OSError as exc:
+            raise Error(f"cannot read the datapath error counters: {exc.strerror}") from None
+        # Made when a scrape or the textfile asks, from copies of what this tick knows.
+        classes = metrics.Samples(
+            self.cfg, self._decider.slices, self.ledger.records(), dict(decisions)
+        )
         snap = metrics.Snapshot(
             interface=self.cfg.interface,
             tick_s=self.cfg.tick_s,
@@ -735,7 +740,6 @@ class Daemon:
             log.warning("%s", warning)
         self.cfg = new
         self._decider.reset()
-        self._samples = metrics.SampleCache()
         self._textfile_at = 0.0
         self.ledger.periods_changed()
         if not self.dry_run:
@@ -770,7 +774,7 @@ class Daemon:
             self.tick(self.clock.now())
             if once:
                 return
-            _freeze_heap()
+            heap.freeze()
             sd_notify("READY=1")
             log.info(
                 "running on %s: %d slices, tick %d s%s",
@@ -802,7 +806,7 @@ class Daemon:
                     # Never a burst of catch-up ticks after a stall (a suspend, a slow mail).
                     next_tick = max(next_tick + self.cfg.tick_s, time.monotonic())
                     if freeze_due:
-                        _freeze_heap()
+                        heap.freeze()
                         freeze_due = False
         finally:
             try:

@@ -36,7 +36,7 @@ a slice absent from the readings is dead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -211,13 +211,16 @@ class Ledger:
     ) -> SliceRecord:
         # The part of the time since the last reading that lies in this period.
         share = (1.0, 1.0)
+        # Records are made with their constructors, not dataclasses.replace: at 10,000
+        # slices sending, replace() alone took more than half of the ledger's tick.
         if record is None:
             start, end = periods(name, None)
-            record = SliceRecord(
-                name, start, end, True, False, None, tuple(ClassRecord() for _ in DCLASSES)
-            )
+            notified = False
+            classes = [ClassRecord() for _ in DCLASSES]
         else:
             start, end = periods(name, record.period_start)
+            notified = record.notified
+            classes = list(record.classes)
             if start != record.period_start:
                 # Bytes since the last reading were sent partly before the new period began;
                 # without a finer clock, assume a steady rate and charge the new period only
@@ -227,30 +230,31 @@ class Ledger:
                 read = previous if record.live and previous is not None else record.read_at
                 if read is not None and read < start <= now:
                     share = (now - start, now - read)
-                classes = tuple(
-                    replace(c, used_bytes=0, used_packets=0, capped=False) for c in record.classes
-                )
-                record = replace(record, notified=False, classes=classes)
-            record = replace(record, period_start=start, period_end=end, live=True)
-        classes = list(record.classes)
+                classes = [ClassRecord(0, 0, c.last, False, c.ceil_bps) for c in classes]
+                notified = False
         for dclass, reading in by_class:
             current = (reading[0], reading[1])
             old = classes[dclass]
             base = (0, 0) if restarted else old.last
             grown = (0, 0) if base is None else delta(base, current)
-            classes[dclass] = replace(
-                old,
-                used_bytes=old.used_bytes + _part(grown[0], share),
-                used_packets=old.used_packets + _part(grown[1], share),
-                last=current,
+            classes[dclass] = ClassRecord(
+                old.used_bytes + _part(grown[0], share),
+                old.used_packets + _part(grown[1], share),
+                current,
+                old.capped,
+                old.ceil_bps,
             )
-        return replace(record, read_at=now, classes=tuple(classes))
+        return SliceRecord(name, start, end, True, notified, now, tuple(classes))
 
     # -- what the daemon reads and records --------------------------------------------
 
     def slices(self, include_dead: bool = False) -> tuple[str, ...]:
         """Names of the slices in the last readings (and the dead ones still remembered)."""
         return tuple(sorted(n for n, r in self._slices.items() if include_dead or r.live))
+
+    def records(self) -> dict[str, SliceRecord]:
+        """Every slice's record, as of now: a copy, which later updates do not change."""
+        return dict(self._slices)
 
     def get(self, name: str) -> SliceRecord | None:
         """A slice's record (immutable), or None if the ledger does not know it."""
@@ -278,10 +282,13 @@ class Ledger:
         """Record the ceiling now in force for a class, and whether the quota capped it."""
         if isinstance(ceil_bps, bool) or not isinstance(ceil_bps, int) or ceil_bps < 1:
             raise ValueError(f"ceil_bps must be a positive integer, not {ceil_bps!r}")
-        record = self._slices[name]
-        classes = list(record.classes)
-        classes[_dclass(dclass)] = replace(classes[dclass], ceil_bps=ceil_bps, capped=capped)
-        self._slices[name] = replace(record, classes=tuple(classes))
+        r = self._slices[name]
+        classes = list(r.classes)
+        c = classes[_dclass(dclass)]
+        classes[dclass] = ClassRecord(c.used_bytes, c.used_packets, c.last, capped, ceil_bps)
+        self._slices[name] = SliceRecord(
+            r.name, r.period_start, r.period_end, r.live, r.notified, r.read_at, tuple(classes)
+        )
         self._dirty.add(name)
 
     def set_notified(self, name: str, notified: bool = True) -> None:
@@ -298,6 +305,11 @@ class Ledger:
             "slices": {name: _slice_dict(r) for name, r in sorted(self._slices.items())},
         }
 
+    def slice_dicts(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each slice as ``to_dict`` writes it, by name, made one at a time."""
+        for name, record in sorted(self._slices.items()):
+            yield name, _slice_dict(record)
+
     def top_dict(self) -> dict[str, Any]:
         """The ledger's own fields, without the slices (a journal entry carries them)."""
         return {
@@ -306,6 +318,10 @@ class Ledger:
             "uncounted_bytes": self.uncounted_bytes,
         }
 
+    def pending(self) -> int:
+        """How many slices changed (or were forgotten) since the last ``changes``."""
+        return len(self._dirty)
+
     def changes(self) -> tuple[dict[str, Any], list[str]]:
         """What changed since the last call (or since the ledger was made or loaded): the
         changed slices as ``to_dict`` writes them, and the names of slices forgotten.
@@ -313,6 +329,13 @@ class Ledger:
         dirty, self._dirty = self._dirty, set()
         changed = {n: _slice_dict(self._slices[n]) for n in sorted(dirty) if n in self._slices}
         return changed, sorted(n for n in dirty if n not in self._slices)
+
+    def changed_names(self) -> tuple[dict[str, Any], list[str]]:
+        """``changes`` without building the changed slices' dicts (their names as keys)."""
+        dirty, self._dirty = self._dirty, set()
+        return dict.fromkeys(n for n in dirty if n in self._slices), [
+            n for n in dirty if n not in self._slices
+        ]
 
     def unsaved(self, names: Iterable[str]) -> None:
         """These slices' changes did not reach the disk: ``changes`` returns them again."""
@@ -396,23 +419,22 @@ class Ledger:
 
 
 def _slice_dict(r: SliceRecord) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "period_start": r.period_start,
         "period_end": r.period_end,
         "live": r.live,
         "notified": r.notified,
         "read_at": r.read_at,
-        **{
-            DCLASSES[i]: {
-                "used_bytes": c.used_bytes,
-                "used_packets": c.used_packets,
-                "last": None if c.last is None else list(c.last),
-                "capped": c.capped,
-                "ceil_bps": c.ceil_bps,
-            }
-            for i, c in enumerate(r.classes)
-        },
     }
+    for dname, c in zip(DCLASSES, r.classes, strict=True):
+        out[dname] = {
+            "used_bytes": c.used_bytes,
+            "used_packets": c.used_packets,
+            "last": None if c.last is None else list(c.last),
+            "capped": c.capped,
+            "ceil_bps": c.ceil_bps,
+        }
+    return out
 
 
 def _slice_record(
@@ -453,6 +475,17 @@ def _by_class(by_class: Mapping[int, Reading] | Sequence[Reading]) -> list[tuple
 
 
 def _check_reading(name: object, dclass: object, reading: object) -> None:
+    # The common case first, in a few operations: 20,000 readings a tick at 10,000 slices.
+    if (
+        type(name) is str
+        and type(dclass) is int
+        and 0 <= dclass < len(DCLASSES)
+        and isinstance(reading, tuple)
+        and len(reading) == 2
+    ):
+        b, p = reading
+        if type(b) is int and type(p) is int and b >= 0 and p >= 0:
+            return
     if not isinstance(name, str):
         raise ValueError(f"slice names are strings, not {name!r}")
     if isinstance(dclass, bool) or not isinstance(dclass, int):

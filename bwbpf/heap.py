@@ -1,0 +1,39 @@
+"""The daemon's heap at 10,000 slices: what the garbage collector need not walk, and
+memory given back to the kernel after a tick's large, short-lived allocations."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+
+# Worth a malloc_trim: a tick that wrote this much made and dropped as much in strings.
+TRIM_AFTER_BYTES = 1 << 20
+
+
+def freeze() -> None:
+    """Leave what exists now (config, ledger, imported modules: ~10^6 objects at 10,000
+    slices) out of every later garbage collection. Without this each full collection
+    walks all of it, several times a tick at 10,000 slices. What an earlier freeze kept
+    is looked at again first: after a reload some of it is garbage."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; musl has none
+    except (AttributeError, OSError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def trim() -> None:
+    """Return the free parts of the C heap to the kernel (glibc's malloc_trim). Freed
+    memory otherwise stays resident: at 10,000 slices each tick that writes the state
+    snapshot (3 MB of JSON and the strings it was made of) left ~12 MB more resident;
+    malloc_trim(0) gave it back in ~1 ms."""
+    if _TRIM is not None:
+        _TRIM(0)
