@@ -275,6 +275,10 @@ def bench_daemon(slices: int, ticks: int, stat_runs: int, results: list[Result])
     those measured before it); whatever was made is removed on the way out."""
     if not os.access(BWBPF, os.X_OK):
         raise RuntimeError(f"no bwbpf executable at {BWBPF} (make venv installs it)")
+    # As installed (pip compiles the modules): `bwbpf stat` is timed without compiling its
+    # own source at each run, which the editable install does under PYTHONDONTWRITEBYTECODE.
+    package = Path(__file__).resolve().parents[1] / "bwbpf"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bwbpfbench-")))
         bpffs = f"/sys/fs/bpf/bwbpfbench-{uuid.uuid4().hex[:8]}"
