@@ -229,8 +229,8 @@ def compile_program(pin_dir: str, extra_cflags: Iterable[str] = ()) -> Any:
     src = bpf_source_dir()
     os.makedirs(pin_dir, exist_ok=True)
     _check_pins(pin_dir)
-    cflags = [
-        *limits.cflags(),
+    flags = [
+        *cflags(),
         f'-DBWBPF_PIN_DIR="{pin_dir}"',
         f"-I{src}",
         "-Wall",
@@ -238,7 +238,7 @@ def compile_program(pin_dir: str, extra_cflags: Iterable[str] = ()) -> Any:
         *extra_cflags,
     ]
     try:
-        return BPF(src_file=str(src / "egress.c"), cflags=cflags)
+        return BPF(src_file=str(src / "egress.c"), cflags=flags)
     except Exception as exc:  # bcc raises bare Exception on compile and load failures
         raise Error(f"cannot load bpf/egress.c: {exc}") from None
 
@@ -486,6 +486,26 @@ def _link(ifname: str) -> tuple[int, int, int | None] | None:
         return None
     with Rtnl(None) as rtnl:
         return rtnl.link(index)
+
+
+def cflags() -> list[str]:
+    """The -D flags that give the C its sizes (limits.py) and the HTB classid scheme
+    (classid.py)."""
+    values = {
+        "BWBPF_MAX_SLICE_ID": limits.MAX_SLICE_ID,
+        "BWBPF_DEFAULT_SLICE_ID": limits.DEFAULT_SLICE_ID,
+        "BWBPF_MAX_PREFIXES": limits.MAX_PREFIXES,
+        "BWBPF_MAX_MATCHES": limits.MAX_MATCHES,
+        "BWBPF_MAX_CGROUP_DEPTH": limits.MAX_CGROUP_DEPTH,
+        "BWBPF_DCLASS_CACHE_ENTRIES": limits.DCLASS_CACHE_ENTRIES,
+        "BWBPF_NUM_ERRORS": len(limits.ERROR_REASONS),
+    }
+    values.update(
+        BWBPF_HTB_MAJOR=classid.HTB_MAJOR,
+        BWBPF_MINOR_NORMAL_BASE=classid.MINOR_BASE[limits.DCLASS_NORMAL],
+        BWBPF_MINOR_EXEMPT_BASE=classid.MINOR_BASE[limits.DCLASS_EXEMPT],
+    )
+    return [f"-D{k}={v}" for k, v in values.items()]
 
 
 def interface_index(ifname: str) -> int:

@@ -1,6 +1,6 @@
 """Sizes and limits shared by the daemon and the BPF programs, defined here once.
 
-The C in ``bpf/`` receives them as ``-D`` flags (see ``cflags()``); nothing in ``bpf/``
+The C in ``bpf/`` receives them as ``-D`` flags (``datapath.cflags()``); nothing in ``bpf/``
 repeats a number that is defined here.
 """
 
@@ -27,24 +27,3 @@ DCLASS_EXEMPT = 1
 
 # Datapath error reasons, in the order of enum bwbpf_error in bpf/bwbpf.h (checked by a test).
 ERROR_REASONS = ("truncated", "counter_lookup", "slice_out_of_range")
-
-
-def cflags() -> list[str]:
-    """The -D flags that give the C its sizes."""
-    values = {
-        "BWBPF_MAX_SLICE_ID": MAX_SLICE_ID,
-        "BWBPF_DEFAULT_SLICE_ID": DEFAULT_SLICE_ID,
-        "BWBPF_MAX_PREFIXES": MAX_PREFIXES,
-        "BWBPF_MAX_MATCHES": MAX_MATCHES,
-        "BWBPF_MAX_CGROUP_DEPTH": MAX_CGROUP_DEPTH,
-        "BWBPF_DCLASS_CACHE_ENTRIES": DCLASS_CACHE_ENTRIES,
-        "BWBPF_NUM_ERRORS": len(ERROR_REASONS),
-    }
-    from bwbpf import classid
-
-    values.update(
-        BWBPF_HTB_MAJOR=classid.HTB_MAJOR,
-        BWBPF_MINOR_NORMAL_BASE=classid.MINOR_BASE[DCLASS_NORMAL],
-        BWBPF_MINOR_EXEMPT_BASE=classid.MINOR_BASE[DCLASS_EXEMPT],
-    )
-    return [f"-D{k}={v}" for k, v in values.items()]

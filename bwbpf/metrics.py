@@ -166,9 +166,9 @@ def slice_samples(
     for dclass, c in enumerate(record.classes):
         d = decisions[dclass]
         quota = s.quota(dclass)
-        limit = policy.byte_limit(quota, cfg.policy, record.period_start, record.period_end)
-        # For average, the ceiling drops at the budget itself: that is its threshold.
-        threshold = quota.threshold_bytes if cfg.policy == "smooth" else limit
+        start, end = record.period_start, record.period_end
+        limit = policy.byte_limit(quota, cfg.policy, start, end)
+        threshold = policy.threshold_bytes(quota, cfg.policy, start, end)
         out.append(
             ClassSample(
                 slice=s.name,

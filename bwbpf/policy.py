@@ -60,6 +60,15 @@ def byte_limit(quota: ClassQuota, policy: str, period_start: float, period_end: 
     return quota.limit_bytes
 
 
+def threshold_bytes(quota: ClassQuota, policy: str, period_start: float, period_end: float) -> int:
+    """The bytes after which the policy starts to hold the class back: the threshold for
+    ``smooth``; for ``average``, whose ceiling drops at the budget itself, the budget."""
+    if policy == "average":
+        return byte_limit(quota, policy, period_start, period_end)
+    _check_policy(policy)
+    return quota.threshold_bytes
+
+
 def decide(
     quota: ClassQuota,
     policy: str,

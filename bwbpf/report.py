@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from bwbpf import classid, datapath, limits, status
-from bwbpf.config import Config
+from bwbpf import classid, datapath, limits, periods, policy, status
+from bwbpf.config import ClassQuota, Config
 from bwbpf.errors import Error
 from bwbpf.units import format_bytes, format_rate
 
@@ -31,36 +31,24 @@ def build(cfg: Config, names: list[str] | None = None, now: float | None = None)
     )
     daemon = status.read(cfg, names)
     entries = []
+    # The period a slice without daemon state would be in (for the average policy's
+    # budget, which follows the period's length).
+    unsaved = periods.current_period(cfg.period, now, None)
     for s in slices:
         st = daemon.slices.get(s.name) if daemon else None
+        start, end = (st["period_start"], st["period_end"]) if st else unsaved
         classes = {}
         for dclass, dname in enumerate(limits.DCLASSES):
-            q = s.quota(dclass)
-            usage = live[s.id][dclass]
             handle = classid.slice_class(s.id, dclass)
-            if st is not None:
-                cls = st["classes"][dname]
-                # The usage at the daemon's last tick plus what the kernel counted since.
-                since_tick = max(0, usage.bytes - cls["counter_bytes"])
-                used = cls["bytes"] + since_tick
-                capped = bool(cls["capped"])
-            else:
-                used = usage.bytes
-                capped = False
-            ceil = installed.get(handle)
-            classes[dname] = {
-                "bytes": used,
-                "packets": usage.packets,
-                "counter_bytes": usage.bytes,
-                "limit_bytes": q.limit_bytes,
-                "threshold_bytes": q.threshold_bytes,
-                "percent_used": round(100 * used / q.limit_bytes, 2),
-                "ceil_bps": ceil,
-                "max_rate_bps": q.max_rate_bps,
-                "min_rate_bps": q.min_rate_bps,
-                "classid": classid.format_handle(handle),
-                "capped": capped,
-            }
+            classes[dname] = class_view(
+                cfg.policy,
+                s.quota(dclass),
+                live[s.id][dclass],
+                st["classes"][dname] if st is not None else None,
+                (start, end),
+                installed.get(handle),
+                classid.format_handle(handle),
+            )
         entries.append(
             {
                 "name": s.name,
@@ -78,6 +66,40 @@ def build(cfg: Config, names: list[str] | None = None, now: float | None = None)
         "datapath_errors": errors,
         "classifier_attached": datapath.attached(cfg.interface),
         "slices": entries,
+    }
+
+
+def class_view(
+    policy_name: str,
+    quota: ClassQuota,
+    usage: datapath.Usage,
+    saved: dict | None,
+    period: tuple[float, float],
+    ceil_bps: int | None,
+    handle: str,
+) -> dict:
+    """One class of one slice as ``stat --json`` shows it (pure): the usage the daemon
+    saved plus what the kernel counted since (``saved`` None: no daemon state, the
+    counter's total), and the limit and threshold the policy works with."""
+    if saved is not None:
+        # The usage at the daemon's last tick plus what the kernel counted since.
+        used = saved["bytes"] + max(0, usage.bytes - saved["counter_bytes"])
+        capped = bool(saved["capped"])
+    else:
+        used, capped = usage.bytes, False
+    limit = policy.byte_limit(quota, policy_name, *period)
+    return {
+        "bytes": used,
+        "packets": usage.packets,
+        "counter_bytes": usage.bytes,
+        "limit_bytes": limit,
+        "threshold_bytes": policy.threshold_bytes(quota, policy_name, *period),
+        "percent_used": round(100 * used / limit, 2) if limit > 0 else 0.0,
+        "ceil_bps": ceil_bps,
+        "max_rate_bps": quota.max_rate_bps,
+        "min_rate_bps": quota.min_rate_bps,
+        "classid": handle,
+        "capped": capped,
     }
 
 
