@@ -18,6 +18,7 @@ def freeze() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    trim()  # the start's or reload's garbage: the parsed TOML, the state file's JSON
 
 
 def _malloc_trim() -> ctypes._CFuncPtr | None:

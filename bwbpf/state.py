@@ -460,8 +460,9 @@ def _set_aside(path: str, why: str, now: float | None, lost: str = "") -> str:
     return f"state file {path} unusable ({why}); moved to {aside}, {outcome}"
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``: a new file, synced, renamed over it.
+def write_atomic(path: str, data: bytes | Iterable[bytes]) -> None:
+    """Replace ``path`` with ``data`` (bytes, or pieces of it written as they come): a new
+    file, synced, renamed over it.
 
     Nothing is ever written through a symbolic link: tempfile.mkstemp creates the temporary
     file with O_EXCL | O_NOFOLLOW under a fresh random name (never an existing file), and
@@ -476,12 +477,15 @@ def write_atomic(path: str, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             # Not secret, and `bwbpf stat` may read it without being root.
             os.fchmod(f.fileno(), 0o644)
-            f.write(data)
+            size = 0
+            for piece in (data,) if isinstance(data, bytes) else data:
+                f.write(piece)
+                size += len(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         global _written
-        _written += len(data)
+        _written += size
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -288,6 +288,39 @@ def test_textfile_is_replaced_whole(tmp_path: Path) -> None:
     assert os.listdir(path.parent) == ["bwbpf-lo.prom"]  # no temporary file left behind
 
 
+def test_many_slices_are_rendered_and_written_in_pieces(tmp_path: Path) -> None:
+    """Thousands of samples come in chunks of CHUNK_LINES lines (never all at once); the
+    pieces make the same exposition, the textfile gets it whole, and with a server the
+    gzipped form is made on the way and served from then on."""
+    snap = metrics.Snapshot(
+        "lo",
+        10,
+        T0,
+        0.0,
+        tuple(
+            metrics.ClassSample(f"s{i}", d, i, 1, i, 1, 10, 8, 8, 8, i % 2 == 0, 0.0, 1.0)
+            for i in range(3000)
+            for d in ("normal", "exempt")
+        ),
+    )
+    pieces = list(metrics.render_chunks(snap, "lo"))
+    text = b"".join(pieces)
+    assert max(piece.count(b"\n") for piece in pieces) <= metrics.CHUNK_LINES + 2
+    assert len(pieces) > 11  # more than one piece per family
+    got = samples(text.decode())
+    assert len(got) == 11 * 6000 + 1 + 7  # 11 families per class, build info, node gauges
+    assert got[("bwbpf_slice_capped", labels("s2", "exempt"))] == 1.0
+    path = tmp_path / "bwbpf-lo.prom"
+    with metrics.Exporter("lo") as exporter:
+        exporter.serve(config.Metrics("127.0.0.1", free_port(), None))
+        exporter.update(snap, str(path))
+        assert path.read_bytes() == text
+        kept = exporter.gzipped()
+        assert gzip.decompress(kept) == text
+        assert exporter.gzipped() is kept  # made once for the tick, not for each scrape
+        assert exporter.render() == text
+
+
 def test_textfile_that_cannot_be_written_is_an_error(tmp_path: Path) -> None:
     exporter = metrics.Exporter("lo")
     with pytest.raises(Error, match=r"metrics: cannot write .*missing/bwbpf.prom"):
