@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from bwbpf.limits import DCLASSES
 
@@ -68,9 +67,9 @@ def delta(last: Reading, current: Reading) -> Reading:
     return current[0] - last[0], current[1] - last[1]
 
 
-@dataclass(frozen=True)
-class ClassRecord:
-    """One destination class of one slice."""
+class ClassRecord(NamedTuple):
+    """One destination class of one slice. (Records are named tuples, not frozen
+    dataclasses: at 10,000 slices sending, 30,000 are made a tick, at a third the cost.)"""
 
     used_bytes: int = 0
     used_packets: int = 0
@@ -81,8 +80,7 @@ class ClassRecord:
     ceil_bps: int | None = None
 
 
-@dataclass(frozen=True)
-class SliceRecord:
+class SliceRecord(NamedTuple):
     """Everything the ledger knows about a slice; ``classes`` is indexed by dclass."""
 
     name: str
@@ -183,8 +181,8 @@ class Ledger:
                     del slices[name]
                     changed.add(name)
                 elif record.live:
-                    classes = tuple(replace(c, last=None) for c in record.classes)
-                    slices[name] = replace(record, live=False, classes=classes)
+                    classes = tuple(c._replace(last=None) for c in record.classes)
+                    slices[name] = record._replace(live=False, classes=classes)
                     changed.add(name)
         self.changed = changed
         self._dirty |= changed
@@ -211,8 +209,8 @@ class Ledger:
     ) -> SliceRecord:
         # The part of the time since the last reading that lies in this period.
         share = (1.0, 1.0)
-        # Records are made with their constructors, not dataclasses.replace: at 10,000
-        # slices sending, replace() alone took more than half of the ledger's tick.
+        # Records are made with their constructors, not replaced field by field: at 10,000
+        # slices sending, dataclasses.replace() took more than half of the ledger's tick.
         if record is None:
             start, end = periods(name, None)
             notified = False
@@ -293,7 +291,7 @@ class Ledger:
 
     def set_notified(self, name: str, notified: bool = True) -> None:
         """Record that the slice was mailed this period (cleared when the period rolls)."""
-        self._slices[name] = replace(self._slices[name], notified=notified)
+        self._slices[name] = self._slices[name]._replace(notified=notified)
         self._dirty.add(name)
 
     # -- persistence ------------------------------------------------------------------

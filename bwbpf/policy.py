@@ -18,7 +18,7 @@ Pure: no clock, no I/O, no logging. The caller passes ``now`` and the period bou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bwbpf.config import ClassQuota
 
@@ -32,8 +32,7 @@ MIN_CEIL_BPS = 8
 MIN_REMAINING_S = 1.0
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """The ceiling a class should have now, and why.
 
     ``capped`` is True when the quota holds the ceiling below ``max_rate``; a ceiling that
