@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -242,6 +243,9 @@ def stat(config_path: str, as_json: bool, args: tuple[str, ...]) -> None:
     names, interval, count = _split_stat_args(args)
     # From the cache of validated configs: at 10,000 slices parsing alone takes ~0.4 s.
     cfg = _warned(configcache.load(config_path, names or None))
+    # The config (40,000 objects at 10,000 slices) is never garbage: no collection need
+    # walk it while the report is built (~50 ms of a full listing).
+    gc.freeze()
     unknown = [n for n in names if n not in {s.name for s in cfg.all_slices()}]
     if unknown:
         raise click.UsageError(f"no such slice: {', '.join(unknown)}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # netlink.h
 NLMSG_ERROR = 2
@@ -93,8 +93,7 @@ U64 = struct.Struct("=Q")
 TIME_UNITS_PER_SEC = 1_000_000
 
 
-@dataclass(frozen=True)
-class HtbClass:
+class HtbClass(NamedTuple):
     """What bwbpf needs of an installed HTB class. Rates in bytes per second."""
 
     handle: int
@@ -287,8 +286,7 @@ def dump_classes(seq: int, ifindex: int) -> bytes:
     return _message(RTM_GETTCLASS, NLM_F_REQUEST | NLM_F_DUMP, seq, TCMSG.pack(0, ifindex, 0, 0, 0))
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     type: int
     flags: int
     seq: int
