@@ -14,7 +14,7 @@ import pytest
 from bwbpf import classid, limits
 from bwbpf.shaper import Shaper
 from tests.conftest import require_root
-from tests.integration.netns import Topology, sh
+from tests.integration.netns import FIRST_TICK_S, Topology, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -150,6 +150,9 @@ def test_the_daemon_and_stat_go_without_pyroute2(topo: tuple[Topology, Path]) ->
     """pyroute2 costs the daemon 11 MB of resident memory and a socket for each check; the
     raw rtnetlink messages of htbmsg do all of it."""
     t, cfg = topo
-    out = sh(*t.in_src(sys.executable, "-c", NO_PYROUTE2, str(cfg))).stdout
+    # A start compiles the classifier: tens of seconds under software emulation.
+    out = sh(
+        *t.in_src(sys.executable, "-c", NO_PYROUTE2, str(cfg)), timeout=2 * FIRST_TICK_S
+    ).stdout
     assert out.strip().splitlines()[-1] == "[]", out
     assert "htb 1:" in device_state(t)[0]  # it did install the tree
