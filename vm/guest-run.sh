@@ -38,7 +38,7 @@ tests() {
     step "make host (scripts/setup-host.sh on a stock kernel: all should be in place)"
     make host || return 1
 
-    # Under TCG the whole of both tiers (~20 min) leaves too little of CI's time for the
+    # Under TCG the whole of both tiers (~20 min once) left too little of CI's time for the
     # service checks. These tests are about bwbpf's own logic (fds of its process, log
     # volume at 1,000 slices, the ledger across a counter reset), which the host tiers
     # cover on every run; the guest keeps every test of what the stock kernel and systemd

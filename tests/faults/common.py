@@ -24,8 +24,8 @@ from bwbpf.config import Config
 from bwbpf.errors import Error
 from bwbpf.ledger import Ledger
 from tests.conftest import unique
+from tests.helpers import stop, wait_for
 from tests.integration.netns import BWBPF, Topology, sh
-from tests.integration.test_daemon import stop, wait_for
 
 SLICE, SLICE_ID = "web", 9
 # Ethernet 14 + IPv4 20 + UDP 8 around every datagram.

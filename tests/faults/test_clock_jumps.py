@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 
 from bwbpf.status import DaemonStatus
 from tests.faults.common import SLICE, FaultEnv
+from tests.helpers import stop_cleanly
 from tests.integration.netns import sh
 
 pytestmark = [pytest.mark.root, pytest.mark.faults]
@@ -96,11 +96,6 @@ def jump(offset: Path, text: str, ticks_after: float) -> None:
     time.sleep(ticks_after)
 
 
-def stop(d: subprocess.Popen[bytes]) -> None:
-    os.kill(d.pid, signal.SIGTERM)
-    assert d.wait(timeout=30) == 0
-
-
 def period_of(st: DaemonStatus) -> tuple[float, float]:
     return st.slices[SLICE]["period_start"], st.slices[SLICE]["period_end"]
 
@@ -132,7 +127,7 @@ def test_forward_and_back_keeps_the_period_and_its_usage(
     behind = env.wait_counted(sent)
     assert period_of(behind) == period
     assert any("behind" in p for p in behind.problems), behind.problems
-    stop(d)
+    stop_cleanly(d)
 
 
 def test_a_clock_set_back_across_a_restart_reopens_nothing(
@@ -143,7 +138,7 @@ def test_a_clock_set_back_across_a_restart_reopens_nothing(
     sent = env.send(40, PAYLOAD)
     first = env.wait_counted(sent)
     period = period_of(first)
-    stop(d)
+    stop_cleanly(d)
 
     offset.write_text("-40d\n")  # the node comes back with its clock 40 days behind
     d = faked_daemon(env, offset, sleep_shim)
@@ -152,5 +147,5 @@ def test_a_clock_set_back_across_a_restart_reopens_nothing(
     assert period_of(again) == period
     assert again.last_tick >= first.last_tick  # never before what was already accounted
     assert any("behind" in p for p in again.problems), again.problems
-    stop(d)
+    stop_cleanly(d)
     assert "Traceback" not in env.daemon_log()

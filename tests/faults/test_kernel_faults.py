@@ -19,8 +19,8 @@ import pytest
 from bwbpf import bpfsys, datapath, limits
 from tests.conftest import require_root, unique
 from tests.faults.common import FaultEnv
+from tests.helpers import read_json, stop, wait_for
 from tests.integration.netns import BWBPF, sh
-from tests.integration.test_daemon import read_json, stop, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.faults]
 

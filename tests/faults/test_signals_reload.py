@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.faults.common import FaultEnv, fd_count
-from tests.integration.test_daemon import read_json, wait_for
+from tests.helpers import read_json, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.faults]
 

@@ -12,7 +12,7 @@ import pytest
 
 from bwbpf import limits
 from tests.faults.common import SLICE, FaultEnv, fill
-from tests.integration.test_daemon import read_json, wait_for
+from tests.helpers import read_json, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.faults]
 

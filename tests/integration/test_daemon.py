@@ -3,7 +3,6 @@ predicted value in HTB, one mail reaches a real SMTP server, and a `kill -9` los
 
 from __future__ import annotations
 
-import json
 import mailbox
 import os
 import random
@@ -12,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from bwbpf import classid, config, limits, state, status
 from bwbpf.shaper import Shaper, installed_rate
 from tests.conftest import require_root
+from tests.helpers import read_json, stop, wait_for
 from tests.integration.netns import FIRST_TICK_S, Topology, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -64,43 +64,11 @@ normal = {{ limit = "300kB", threshold = 0.5, max_rate = "100mbit", min_rate = "
     return path
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def with_slices(doc: dict, config_path: Path) -> dict:
     """A status file's document with each slice's usage at that tick (status.read)."""
     cfg = config.load(config_path, check_interface=False)
     st = status.read(cfg)
     return {**doc, "slices": {} if st is None else st.slices}
-
-
-def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> int | None:
-    """Signal one process we started, by its pid, and reap it."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-    return proc.returncode
 
 
 class Env:

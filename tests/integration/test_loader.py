@@ -16,8 +16,8 @@ import pytest
 
 from bwbpf import datapath
 from tests.conftest import require_root, unique
+from tests.helpers import read_json, stop, wait_for
 from tests.integration.netns import FIRST_TICK_S, Topology, sh
-from tests.integration.test_daemon import read_json, stop, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 

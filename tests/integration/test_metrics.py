@@ -19,8 +19,9 @@ import yaml
 from bwbpf import __version__
 from tests.conftest import require_root
 from tests.exposition import samples
+from tests.helpers import stop, wait_for
 from tests.integration.netns import FIRST_TICK_S, REPO, Topology, sh
-from tests.integration.test_daemon import UDP4_OVERHEAD, stop, wait_for
+from tests.integration.test_daemon import UDP4_OVERHEAD
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 

@@ -4,14 +4,14 @@ throughput follows it, and when the period ends the max rate comes back."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bwbpf.shaper import installed_rate
 from tests.conftest import require_root
+from tests.helpers import wait_for
 from tests.integration.netns import FIRST_TICK_S, UDP_FRAME, UDP_PAYLOAD, Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -19,15 +19,6 @@ pytestmark = [pytest.mark.root, pytest.mark.integration]
 SLICE_ID = 4
 MAX_RATE = 100_000_000
 PERIOD_S = 24  # at least; see period_for_this_machine
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
-    return result
 
 
 def period_for_this_machine(topo: Topology, cfg: Path) -> int:

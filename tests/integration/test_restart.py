@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +11,7 @@ import pytest
 from bwbpf import classid, limits
 from bwbpf.shaper import Shaper
 from tests.conftest import require_root
+from tests.helpers import stop_cleanly
 from tests.integration.netns import Topology, wait_status
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -58,11 +56,6 @@ def wait_ledger(cfg_path: Path, expected: int) -> None:
     wait_status(cfg_path, "tenant", expected)
 
 
-def stop(d: subprocess.Popen[bytes]) -> None:
-    os.kill(d.pid, signal.SIGTERM)
-    assert d.wait(timeout=15) == 0
-
-
 def test_recreated_counters_count_from_zero(node: tuple) -> None:
     """`bwbpf down` and `up` while the daemon is stopped make new maps; by the time the
     daemon is back they have counted past its last reading. Nothing may be lost."""
@@ -71,7 +64,7 @@ def test_recreated_counters_count_from_zero(node: tuple) -> None:
     wait_ledger(cfg, 0)  # its first tick: the classifier is in place
     topo.send(topo.dst_ip, 30, WIRE - 42, src=topo.limited_src_ip)
     wait_ledger(cfg, 30 * WIRE)
-    stop(d)
+    stop_cleanly(d, timeout=15)
     assert usage(topo, cfg)[0] == 30 * WIRE
     topo.bwbpf("down", "-c", str(cfg))
     topo.bwbpf("up", "-c", str(cfg))
@@ -94,4 +87,4 @@ def test_dry_run_decides_but_changes_nothing(node: tuple) -> None:
     with Shaper(topo.veth_a, netns=topo.src_ns) as shaper:
         ceil = shaper.classes()[classid.slice_class(SLICE_ID, limits.DCLASS_NORMAL)].ceil_bps
     assert ceil == 100_000_000  # decided, not applied
-    stop(d)
+    stop_cleanly(d, timeout=15)

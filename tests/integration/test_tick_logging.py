@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root, unique
+from tests.helpers import read_json, wait_for
 from tests.integration.netns import Topology, sh
-from tests.integration.test_daemon import read_json, wait_for, with_slices
+from tests.integration.test_daemon import with_slices
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 

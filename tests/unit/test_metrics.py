@@ -21,6 +21,7 @@ from bwbpf.errors import Error
 from bwbpf.ledger import Ledger
 from bwbpf.limits import ERROR_REASONS
 from tests.exposition import samples
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "prometheus"
@@ -71,12 +72,6 @@ class FakeCounters:
 
     def close(self) -> None:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_config(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -14,6 +13,7 @@ from aiosmtpd.controller import Controller
 
 from bwbpf.config import Notify
 from bwbpf.notify import CappedClass, compose, send
+from tests.helpers import free_port
 
 START = 1704067200.0  # 2024-01-01 00:00:00 UTC
 
@@ -27,12 +27,6 @@ class Collect:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.envelopes.append(envelope)
         return "250 Message accepted for delivery"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -1,0 +1,60 @@
+"""Helpers every test tier uses: waiting for a condition, reading a JSON file that may be
+half written or absent, stopping a process the test started (by its pid), and a free
+loopback port. One copy, imported from here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """``check()``'s first true result; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> int | None:
+    """Signal one process we started, by its pid, and reap it (SIGKILL after 15 s)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+    return proc.returncode
+
+
+def stop_cleanly(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM a daemon we started; it must save its state and exit 0 in time."""
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=timeout) == 0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
