@@ -1040,13 +1040,17 @@ def _check_cgroups(
 
 
 def load(path: str | os.PathLike[str], check_interface: bool = True) -> Config:
-    """Read and validate a config file: a regular file of at most MAX_FILE_BYTES of UTF-8
-    (a FIFO, device or directory is refused without blocking)."""
+    """Read and validate a config file (read_config)."""
     p = os.fspath(path)
     if not isinstance(p, str):
         p = os.fsdecode(p)
+    return parse(read_config(p), p, check_interface)
+
+
+def read_config(path: str) -> str:
+    """A config file's text: a regular file of at most MAX_FILE_BYTES of UTF-8 (a FIFO,
+    device or directory is refused without blocking); ConfigError naming the file."""
     try:
-        text = read_text_file(p)
+        return read_text_file(path)
     except FileProblem as exc:
-        raise ConfigError([f"{p}: {exc}"]) from None
-    return parse(text, p, check_interface)
+        raise ConfigError([f"{path}: {exc}"]) from None

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bwbpf import __version__, config
-from bwbpf.config import Config, ConfigError
+from bwbpf.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,7 @@ def load(path: str, only: Collection[str] | None = None) -> Config:
     """``config.load(path)``, from the cache when it holds this file's Config. With
     ``only``, the Config holds only the slices of those names that exist (and the default
     slice): what a command about those slices needs."""
-    try:
-        text = config.read_text_file(path)
-    except config.FileProblem as exc:
-        raise ConfigError([f"{path}: {exc}"]) from None
+    text = config.read_config(path)
     digest = _sha256(text.encode())
     entry_path = os.path.join(cache_dir(), _sha256(os.path.abspath(path).encode()) + ".pickle")
     entry = _read_entry(entry_path)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bwbpf import bpfsys, classid, config, layout, limits
+from bwbpf import bpfsys, classid, config, htbmsg, layout, limits
 from bwbpf.config import Config, Network
 from bwbpf.errors import Error, one_line
 
@@ -472,13 +472,12 @@ def _has_l2(ifname: str) -> bool:
     namespace that mounted it (under nsenter, the host's), not necessarily ours."""
     link = _link(ifname)
     # ARPHRD_ETHER 1, ARPHRD_LOOPBACK 772 have Ethernet headers; ARPHRD_NONE 0xfffe does not.
-    return link is None or link[1] != 0xFFFE
+    return link is None or link.type != 0xFFFE
 
 
-def _link(ifname: str) -> tuple[int, int, int | None] | None:
-    """(ifindex, device type, transmitted bytes) of the device, read over netlink in our
-    network namespace (sysfs shows the namespace that mounted it: under nsenter, the
-    host's); None if it is gone."""
+def _link(ifname: str) -> htbmsg.Link | None:
+    """The device, read over netlink in our network namespace (sysfs shows the namespace
+    that mounted it: under nsenter, the host's); None if it is gone."""
     from bwbpf.rtnl import Rtnl
 
     index = interface_index_or_none(ifname)
@@ -526,7 +525,6 @@ def attach(cfg: Config, prog_fd: int) -> None:
     """Put the program on the HTB root qdisc, replacing the previous one in one request.
     The caller pins it then (``Program.publish``), so that tools (bpftool, the daemon's
     self-check) find it."""
-    from bwbpf import htbmsg
     from bwbpf.rtnl import Rtnl
 
     ifindex = interface_index(cfg.interface)
@@ -647,7 +645,7 @@ def check_owner(cfg: Config, current_id: int | None = None) -> None:
 def tx_bytes(ifname: str) -> int | None:
     """The device's own transmitted-bytes counter (IFLA_STATS64)."""
     link = _link(ifname)
-    return None if link is None else link[2]
+    return None if link is None else link.tx_bytes
 
 
 def remove_pins(pin_dir: str) -> list[str]:

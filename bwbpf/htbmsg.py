@@ -191,7 +191,7 @@ def parse_bpf_filter(payload: memoryview) -> tuple[str, int | None] | None:
     (or for the header message of a filter chain, which has no options)."""
     top = attrs(payload[TCMSG.size :])
     kind, options = top.get(TCA_KIND), top.get(TCA_OPTIONS)
-    if kind is None or bytes(kind).rstrip(b"\0") != b"bpf" or options is None:
+    if kind is None or _cstring(kind) != "bpf" or options is None:
         return None
     opts = attrs(options)
     name = opts.get(TCA_BPF_NAME)
@@ -199,7 +199,7 @@ def parse_bpf_filter(payload: memoryview) -> tuple[str, int | None] | None:
         return None
     prog = opts.get(TCA_BPF_ID)
     prog_id = struct.unpack_from("=I", prog)[0] if prog is not None and len(prog) >= 4 else None
-    return bytes(name).split(b"\0", 1)[0].decode(errors="replace"), prog_id
+    return _cstring(name), prog_id
 
 
 def put_filter(
@@ -259,8 +259,7 @@ def parse_qdisc(payload: memoryview) -> tuple[int, int, int, str]:
     """(ifindex, handle, parent, kind) of an RTM_NEWQDISC."""
     _, ifindex, handle, parent, _ = TCMSG.unpack_from(payload)
     kind = attrs(payload[TCMSG.size :]).get(TCA_KIND)
-    text = b"" if kind is None else bytes(kind).split(b"\0", 1)[0]
-    return ifindex, handle, parent, text.decode(errors="replace")
+    return ifindex, handle, parent, "" if kind is None else _cstring(kind)
 
 
 def get_link(seq: int, ifindex: int = 0, name: str | None = None) -> bytes:
@@ -272,14 +271,22 @@ def get_link(seq: int, ifindex: int = 0, name: str | None = None) -> bytes:
     return _message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, body)
 
 
-def parse_link(payload: memoryview) -> tuple[int, int, int | None]:
-    """(ifindex, device type, transmitted bytes or None) of an RTM_NEWLINK."""
+class Link(NamedTuple):
+    """What bwbpf needs of a network device."""
+
+    index: int
+    type: int  # ARPHRD_*
+    tx_bytes: int | None  # its own transmitted-bytes counter (IFLA_STATS64)
+
+
+def parse_link(payload: memoryview) -> Link:
+    """The device of an RTM_NEWLINK."""
     _, kind, ifindex, _, _ = IFINFOMSG.unpack_from(payload)
     stats = attrs(payload[IFINFOMSG.size :]).get(IFLA_STATS64)
     tx = None
     if stats is not None and len(stats) >= LINK_STATS64_TX_BYTES + 8:
         (tx,) = U64.unpack_from(stats, LINK_STATS64_TX_BYTES)
-    return ifindex, kind, tx
+    return Link(ifindex, kind, tx)
 
 
 def dump_classes(seq: int, ifindex: int) -> bytes:
@@ -303,6 +310,11 @@ def messages(buf: bytes | bytearray | memoryview) -> Iterator[Message]:
             raise ValueError(f"truncated netlink message at offset {offset}")
         yield Message(msg_type, flags, seq, view[offset + NLMSGHDR.size : offset + length])
         offset += _align(length)
+
+
+def _cstring(view: memoryview) -> str:
+    """A NUL-terminated string attribute (a kind, a name, a kernel message)."""
+    return bytes(view).split(b"\0", 1)[0].decode(errors="replace")
 
 
 def attrs(view: memoryview) -> dict[int, memoryview]:
@@ -329,7 +341,7 @@ def parse_error(payload: memoryview, flags: int) -> tuple[int, str]:
         skip = NLMSGERR.size + (NLMSGHDR.size if flags & NLM_F_CAPPED else _align(echoed_len))
         msg = attrs(payload[skip:]).get(NLMSGERR_ATTR_MSG)
         if msg is not None:
-            text = bytes(msg).split(b"\0", 1)[0].decode(errors="replace")
+            text = _cstring(msg)
     return -error, text
 
 
@@ -341,7 +353,7 @@ def parse_class(payload: memoryview, stats: bool = True) -> HtbClass | None:
     ``attrs`` (a dict and a memoryview per attribute) took about twice as long."""
     _, _, handle, parent, _ = TCMSG.unpack_from(payload)
     end = len(payload)
-    kind_at = options_at = options_end = stats_at = stats_end = -1
+    kind_at = kind_end = options_at = options_end = stats_at = stats_end = -1
     offset = TCMSG.size
     unpack_attr = NLATTR.unpack_from
     while offset + 4 <= end:
@@ -350,13 +362,13 @@ def parse_class(payload: memoryview, stats: bool = True) -> HtbClass | None:
             break
         kind &= NLA_TYPE_MASK
         if kind == TCA_KIND:
-            kind_at = offset + 4
+            kind_at, kind_end = offset + 4, offset + length
         elif kind == TCA_OPTIONS:
             options_at, options_end = offset + 4, offset + length
         elif kind == TCA_STATS2:
             stats_at, stats_end = offset + 4, offset + length
         offset += (length + 3) & ~3
-    if kind_at < 0 or options_at < 0 or bytes(payload[kind_at : kind_at + 3]) != b"htb":
+    if kind_at < 0 or options_at < 0 or payload[kind_at:kind_end] != b"htb\0":
         return None
     rate = ceil = quantum = -1
     offset = options_at

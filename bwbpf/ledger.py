@@ -300,7 +300,7 @@ class Ledger:
         """A plain, JSON-ready dict; ``from_dict`` reads it back."""
         return {
             **self.top_dict(),
-            "slices": {name: _slice_dict(r) for name, r in sorted(self._slices.items())},
+            "slices": dict(self.slice_dicts()),
         }
 
     def slice_dicts(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -320,20 +320,18 @@ class Ledger:
         """How many slices changed (or were forgotten) since the last ``changes``."""
         return len(self._dirty)
 
-    def changes(self) -> tuple[dict[str, Any], list[str]]:
+    def changes(self, dicts: bool = True) -> tuple[dict[str, Any], list[str]]:
         """What changed since the last call (or since the ledger was made or loaded): the
-        changed slices as ``to_dict`` writes them, and the names of slices forgotten.
-        What a journal entry records (state.StateFile)."""
+        changed slices as ``to_dict`` writes them (without ``dicts``: None for each, when
+        only the names are wanted), and the names of slices forgotten. What a journal
+        entry records (state.StateFile)."""
         dirty, self._dirty = self._dirty, set()
-        changed = {n: _slice_dict(self._slices[n]) for n in sorted(dirty) if n in self._slices}
+        changed = {
+            n: _slice_dict(self._slices[n]) if dicts else None
+            for n in sorted(dirty)
+            if n in self._slices
+        }
         return changed, sorted(n for n in dirty if n not in self._slices)
-
-    def changed_names(self) -> tuple[dict[str, Any], list[str]]:
-        """``changes`` without building the changed slices' dicts (their names as keys)."""
-        dirty, self._dirty = self._dirty, set()
-        return dict.fromkeys(n for n in dirty if n in self._slices), [
-            n for n in dirty if n not in self._slices
-        ]
 
     def unsaved(self, names: Iterable[str]) -> None:
         """These slices' changes did not reach the disk: ``changes`` returns them again."""

@@ -314,14 +314,8 @@ GZIP_WBITS = 31
 
 # The per-slice families, each with its value of a sample (None: no sample).
 _SLICE_VALUES: tuple[tuple[str, Callable[[ClassSample], float | None]], ...] = (
-    (
-        "bwbpf_slice_bytes_total",
-        lambda c: c.counter_bytes if c.counter_packets is not None else None,
-    ),
-    (
-        "bwbpf_slice_packets_total",
-        lambda c: c.counter_packets if c.counter_bytes is not None else None,
-    ),
+    ("bwbpf_slice_bytes_total", lambda c: c.counter_bytes if _counted(c) else None),
+    ("bwbpf_slice_packets_total", lambda c: c.counter_packets if _counted(c) else None),
     ("bwbpf_slice_period_bytes", lambda c: c.used_bytes),
     ("bwbpf_slice_period_packets", lambda c: c.used_packets),
     ("bwbpf_slice_limit_bytes", lambda c: c.limit_bytes),

@@ -18,6 +18,7 @@ from bwbpf.errors import Error
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+# Not in Python 3.11's socket module (include/uapi/linux/netlink.h, sched.h).
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
@@ -215,9 +216,8 @@ class Rtnl:
                 return handle, kind
         return None
 
-    def link(self, ifindex: int = 0, name: str | None = None) -> tuple[int, int, int | None] | None:
-        """(ifindex, device type, transmitted bytes) of a device, by index or name; None
-        when there is no such device."""
+    def link(self, ifindex: int = 0, name: str | None = None) -> htbmsg.Link | None:
+        """A device, by index or name; None when there is no such device."""
         found = self.ask(
             [lambda seq: htbmsg.get_link(seq, ifindex, name)],
             htbmsg.RTM_NEWLINK,

@@ -13,14 +13,12 @@ import logging
 import socket
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from bwbpf import classid, htbmsg
 from bwbpf.errors import Error
 from bwbpf.rtnl import Rtnl
 from bwbpf.tree import ClassSpec
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +72,6 @@ def same(spec: ClassSpec, installed: InstalledClass) -> bool:
     )
 
 
-# Not in Python 3.11's socket module (include/uapi/linux/netlink.h, sched.h).
 # Up to this many classes are read one request each, more by a dump of every class: at
 # 20,005 classes a dump costs as much as a few hundred single requests.
 GET_MAX = 64
@@ -87,21 +84,24 @@ class Shaper:
         self.ifname = ifname
         self._rtnl = Rtnl(netns)
         try:
-            if netns is None:
-                index = socket.if_nametoindex(ifname)
-            else:  # if_nametoindex looks in our own namespace
-                found = self._rtnl.link(name=ifname)
-                if found is None:
-                    raise OSError
-                index = found[0]
-        except OSError:
-            self.close()
-            raise Error(f"no such network interface: {ifname}") from None
+            index = self._interface_index(ifname, netns)
         except BaseException:
             self.close()
             raise
+        if index is None:
+            self.close()
+            raise Error(f"no such network interface: {ifname}")
         self.ifindex: int = index
         self._tick_in_usec = _tick_in_usec()
+
+    def _interface_index(self, ifname: str, netns: str | None) -> int | None:
+        if netns is not None:  # if_nametoindex looks in our own namespace
+            link = self._rtnl.link(name=ifname)
+            return None if link is None else link.index
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            return None
 
     def close(self) -> None:
         self._rtnl.close()

@@ -140,7 +140,7 @@ class StateFile:
             or ledger.pending() > len(ledger) // 2
         )
         # A snapshot holds every slice: the changed ones need no entries of their own.
-        changed, gone = ledger.changes() if not due else ledger.changed_names()
+        changed, gone = ledger.changes(dicts=not due)
         try:
             if due:
                 self._snapshot(ledger, now)
@@ -258,20 +258,16 @@ def read_raw(
         top = document["ledger"]
         if slices is None:
             slices = dict(top["slices"])
-            if names:
-                slices = {n: slices[n] for n in names if n in slices}
         read_at = top.get("read_at")
         journal = document.get("journal")
         if journal:
             for entry in _journal_entries(journal_file(path), journal, names):
-                slices.update(
-                    entry["slices"]
-                    if not names
-                    else {n: v for n, v in entry["slices"].items() if n in names}
-                )
+                slices.update(entry["slices"])
                 for name in entry["gone"]:
                     slices.pop(name, None)
                 read_at = entry["ledger"].get("read_at", read_at)
+        if names:  # the whole file was parsed, or journal lines named others too
+            slices = {n: slices[n] for n in names if n in slices}
     except (_Unusable, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
     return slices, (read_at if isinstance(read_at, int | float) else None)
@@ -281,7 +277,7 @@ def _some_slices(
     raw: bytes, names: Collection[str]
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The document without its slices, and the slices of ``names`` it holds, from a
-    snapshot written a slice per line (_encode); None for a file written otherwise."""
+    snapshot written a slice per line (_encode_snapshot); None for a file written otherwise."""
     first, last = raw.find(b"\n"), raw.rfind(b"\n", 0, len(raw) - 1)
     if first < 0 or last <= first:
         return None
