@@ -1,4 +1,5 @@
-"""Two chains of cgroups as deep as the classifier walks, for the datapath's worst case."""
+"""Chains of cgroups as deep as the classifier walks, for the datapath's worst case and its
+socket traffic."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ CGROUP_LEVELS = limits.MAX_CGROUP_DEPTH
 
 @dataclass
 class CgroupChains:
-    """Two chains of cgroups CGROUP_LEVELS deep: slices match every level of ``configured``;
-    this process sits at the bottom of ``other``, so the classifier looks up (and misses)
-    an ancestor at every level."""
+    """Three chains of cgroups CGROUP_LEVELS deep: slices match every level of
+    ``configured``; this process sits at the bottom of ``other``, so the classifier looks
+    up (and misses) an ancestor at every level; a slice matches the top of ``shallow``
+    only, so from its bottom the walk misses every level but the last."""
 
     configured: list[Path]
     other: list[Path]
+    shallow: list[Path]
     original: Path
 
 
@@ -42,7 +45,7 @@ def cgroup_chains(tag: str) -> Iterator[CgroupChains | None]:
     chains: list[list[Path]] = []
     moved = False
     try:
-        for side in ("a", "b"):
+        for side in ("a", "b", "c"):
             path = mount / f"{tag}-{side}"
             chain: list[Path] = []
             chains.append(chain)
@@ -53,7 +56,7 @@ def cgroup_chains(tag: str) -> Iterator[CgroupChains | None]:
                 chain.append(path)
         (chains[1][-1] / "cgroup.procs").write_text(str(os.getpid()))
         moved = True
-        yield CgroupChains(chains[0], chains[1], original)
+        yield CgroupChains(chains[0], chains[1], chains[2], original)
     except OSError as exc:
         if moved:
             raise

@@ -15,6 +15,7 @@ import statistics
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.cgroups import CGROUP_LEVELS, cgroup_chains
@@ -27,6 +28,8 @@ from bwbpf import bpfsys, config, datapath, layout, limits
 EXEMPT_PREFIXES = 10_000  # per family
 # A plain hash + LPM classifier measured 5.8x the empty program; the target is well below.
 COMMON_PATH_MAX_RATIO = 2.5
+# A socket matched by cgroup or uid, after its first packet (the per-socket slice cache).
+SOCKET_PATH_MAX_RATIO = 3.0
 # uids of the worst case's slices start here; BPF_PROG_TEST_RUN's dummy socket has uid 0.
 UID_BASE = 100_000
 MARK_SLICE = 4242  # the slice the common path's packets belong to
@@ -43,6 +46,9 @@ class Case:
     packet: bytes
     mark: int
     baseline: str
+    # Run before each of the case's runs, untimed: sets what the case needs (a match epoch,
+    # the cgroup of this process, which BPF_PROG_TEST_RUN's dummy socket takes).
+    prepare: Callable[[], None] | None = None
     samples: list[int] = field(default_factory=list)
 
 
@@ -50,10 +56,29 @@ def run_cases(cases: Sequence[Case], repeat: int, runs: int) -> None:
     """Every case once per round, rounds interleaved so that drift hits all cases alike,
     after an uncounted warm-up run of each (which also fills the dclass cache)."""
     for case in cases:
+        if case.prepare:
+            case.prepare()
         test_run(case.fd, case.packet, case.mark, 1000)
     for _ in range(runs):
         for case in cases:
+            if case.prepare:
+                case.prepare()
             case.samples.append(test_run(case.fd, case.packet, case.mark, repeat))
+
+
+def epoch_setter(bpf: Any, epoch: int, cgroup: Path | None) -> Callable[[], None]:
+    """Sets the program's match epoch (0: no socket cache, so every run of a repeat pays
+    what a socket's first packet pays) and moves this process to ``cgroup``."""
+    table = bpf["settings"]
+
+    def prepare() -> None:
+        settings = table[ctypes.c_int(0)]
+        settings.match_epoch = epoch
+        table[ctypes.c_int(0)] = settings
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    return prepare
 
 
 def per_packet(
@@ -130,6 +155,29 @@ def cache_probe(
     return cached
 
 
+def first_packet(fd: int, packet: bytes, bpf: Any, cgroup: Path) -> Result:
+    """What a socket's first packet costs with the socket cache on (its storage is made
+    and filled) against the cache off: one run per packet, each with a new dummy socket."""
+    on = epoch_setter(bpf, layout.FIRST_MATCH_EPOCH, cgroup)
+    off = epoch_setter(bpf, 0, cgroup)
+    medians: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(MISS_ROUNDS):
+        for cache, prepare in ((True, on), (False, off)):
+            prepare()
+            medians[cache].append(
+                statistics.median(test_run(fd, packet, 0, 1) for _ in range(HIT_SET))
+            )
+    return Result(
+        f"socket traffic: cgroup match at level 1 of {CGROUP_LEVELS}, a socket's first packet"
+        " with the socket cache (its storage made), one run per packet",
+        statistics.median(medians[True]),
+        "ns/packet",
+        "the same with the socket cache off (match epoch 0)",
+        statistics.median(medians[False]),
+        extra={"method": "median over rounds of each round's median", "rounds": MISS_ROUNDS},
+    )
+
+
 @dataclass(frozen=True)
 class MarkProgram:
     """The classifier with SLICES slices matched by mark and EXEMPT_PREFIXES exempt
@@ -186,12 +234,13 @@ def bench_datapath(
         for i in range(1, SLICES + 1)
     ]
     chains = stack.enter_context(cgroup_chains(f"bwbpfbench-{uuid.uuid4().hex[:8]}"))
+    levels = CGROUP_LEVELS if chains is not None else 0
     if chains is not None:
         worst_slices += [
             slice_toml(SLICES + level, f'cgroup = "{path}"')
             for level, path in enumerate(chains.configured, 1)
         ]
-    levels = CGROUP_LEVELS if chains is not None else 0
+        worst_slices.append(slice_toml(SLICES + levels + 1, f'cgroup = "{chains.shallow[0]}"'))
     no_match = f"mark, uid, {levels} cgroup levels, src prefix all miss"
     worst_cfg = config.parse(toml_config(bpffs, exempt_nets, worst_slices))
     worst_bpf, worst_fd, worst_tables = datapath.load(worst_cfg)
@@ -202,6 +251,35 @@ def bench_datapath(
     v4 = frame(SRC[4], normal_dst[4])
     v6 = frame(SRC[6], normal_dst[6])
     empty = {4: "empty tc program, IPv4 frame", 6: "empty tc program, IPv6 frame"}
+    # The no-match cases as a socket's first packet pays them (epoch 0: no socket cache)
+    # and as its later packets do; this process at the bottom of the unconfigured chain.
+    here = chains.other[-1] if chains is not None else None
+    first = epoch_setter(worst_bpf, 0, here)
+    later = epoch_setter(worst_bpf, layout.FIRST_MATCH_EPOCH, here)
+    socket_cases = []
+    if chains is not None:
+        # At the bottom of the shallow chain: the walk finds its slice at the last level.
+        inside = chains.shallow[-1]
+        socket_cases = [
+            Case(
+                f"socket traffic: cgroup match at level 1 of {levels}, a socket's later packets,"
+                " IPv4, cached destination",
+                worst_fd,
+                frame(worst_src[4], normal_dst[4]),
+                0,
+                empty[4],
+                epoch_setter(worst_bpf, layout.FIRST_MATCH_EPOCH, inside),
+            ),
+            Case(
+                f"socket traffic: cgroup match at level 1 of {levels}, socket cache off,"
+                " IPv4, cached destination",
+                worst_fd,
+                frame(worst_src[4], normal_dst[4]),
+                0,
+                empty[4],
+                epoch_setter(worst_bpf, 0, inside),
+            ),
+        ]
     cases = [
         Case(empty[4], empty_fd, v4, MARK_SLICE, ""),
         Case(empty[6], empty_fd, v6, MARK_SLICE, ""),
@@ -221,6 +299,7 @@ def bench_datapath(
             frame(worst_src[4], normal_dst[4]),
             0,
             empty[4],
+            first,
         ),
         Case(
             f"no match ({no_match}), IPv6, cached destination",
@@ -228,9 +307,22 @@ def bench_datapath(
             frame(worst_src[6], normal_dst[6]),
             0,
             empty[6],
+            first,
         ),
+        Case(
+            f"no match ({no_match}), a socket's later packets, IPv4, cached destination",
+            worst_fd,
+            frame(worst_src[4], normal_dst[4]),
+            0,
+            empty[4],
+            later,
+        ),
+        *socket_cases,
     ]
-    run_cases(cases, repeat, runs)
+    try:
+        run_cases(cases, repeat, runs)
+    finally:
+        first()  # epoch 0 and back at the bottom of the other chain, for what follows
     by_name = {c.name: c for c in cases}
     results = []
     for case in cases:
@@ -238,6 +330,7 @@ def bench_datapath(
             continue
         base = by_name[case.baseline]
         common = case.name.startswith("common path")
+        socket_later = case.name.startswith("socket traffic") and "later packets" in case.name
         result = Result(
             case.name,
             statistics.median(case.samples),
@@ -255,7 +348,14 @@ def bench_datapath(
         if common:
             result.target = f"ratio <= {COMMON_PATH_MAX_RATIO}"
             result.met = result.ratio <= COMMON_PATH_MAX_RATIO
+        elif socket_later:
+            result.target = f"ratio <= {SOCKET_PATH_MAX_RATIO}"
+            result.met = result.ratio <= SOCKET_PATH_MAX_RATIO
         results.append(result)
+
+    if chains is not None:
+        results.append(first_packet(worst_fd, socket_cases[0].packet, worst_bpf, inside))
+        first()
 
     # Destination-cache misses cannot be repeated by BPF_PROG_TEST_RUN (its second run of a
     # packet hits), so they are timed one run per packet, cycling through MISS_FACTOR times

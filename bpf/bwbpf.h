@@ -58,7 +58,15 @@ struct bwbpf_slice_counters {
 struct bwbpf_settings {
 	__u32 flags;         /* enum bwbpf_flags */
 	__u32 cgroup_levels; /* bit L set: some configured cgroup sits at cgroup v2 level L */
+	__u32 match_epoch;   /* changed whenever the socket-owned matches (cgroup, uid) change */
 };
+
+/* A socket's cached slice (BPF_MAP_TYPE_SK_STORAGE value): the slice its cgroup or uid
+ * matched, or BWBPF_SK_NO_SLICE, in the low word, and the match_epoch it was worked out
+ * under in the high word. One 64-bit word, so a CPU never reads one half of another's
+ * update. A new storage is zero, and epoch 0 is never current. */
+#define BWBPF_SK_NO_SLICE 0xffffffffu
+#define BWBPF_SK_WORD(epoch, slice) (((__u64)(epoch) << 32) | (__u32)(slice))
 
 /* LPM trie keys: prefixlen first, as BPF_MAP_TYPE_LPM_TRIE requires (struct bpf_lpm_trie_key). */
 struct bwbpf_lpm4 {

@@ -43,6 +43,11 @@ _Static_assert((BWBPF_DCLASS_CACHE_ENTRIES & (BWBPF_DCLASS_CACHE_ENTRIES - 1)) =
 		       BWBPF_DCLASS_CACHE_ENTRIES <= 65536,
 	       "the dclass cache size must be a power of two, at most 65536");
 BPF_PERCPU_ARRAY(dclass_cache, struct bwbpf_dclass_slot, BWBPF_DCLASS_CACHE_ENTRIES);
+/* Each socket's slice by cgroup or uid (BWBPF_SK_WORD), worked out at its first packet: a
+ * socket's cgroup and uid are fixed when it is made, so its later packets skip the walk up
+ * to BWBPF_MAX_CGROUP_DEPTH ancestors and the uid lookup for one local-storage lookup. The
+ * kernel frees an entry with its socket; user space never reads this map. */
+BPF_SK_STORAGE(sk_slice, __u64);
 
 #define ETH_P_8021Q_BE 0x0081  /* htons(0x8100) */
 #define ETH_P_8021AD_BE 0xa888 /* htons(0x88a8) */
@@ -137,9 +142,57 @@ static __always_inline int cgroup_slice(struct __sk_buff *skb, __u32 levels)
 	return -1;
 }
 
-static __always_inline __u32 find_slice(struct __sk_buff *skb, __u32 flags, __u32 levels,
+/* The slice the packet's socket belongs to by cgroup, else by uid; BWBPF_SK_NO_SLICE if neither
+ * matches. */
+static __always_inline __u32 socket_slice(struct __sk_buff *skb, __u32 flags, __u32 levels)
+{
+	if (flags & BWBPF_F_CGROUP) {
+		int s = cgroup_slice(skb, levels);
+
+		if (s >= 0)
+			return s;
+	}
+	if (flags & BWBPF_F_UID) {
+		__u32 uid = bpf_get_socket_uid(skb);
+		__u32 *slice = slice_by_uid.lookup(&uid);
+
+		if (slice)
+			return *slice;
+	}
+	return BWBPF_SK_NO_SLICE;
+}
+
+/* socket_slice, remembered in the socket under the current match epoch. Packets with no full
+ * socket (forwarded, SYN-ACKs of a listener, time-wait) and a storage that cannot be made
+ * take the uncached path; epoch 0 turns the cache off. */
+static __always_inline __u32 cached_socket_slice(struct __sk_buff *skb, __u32 flags, __u32 levels,
+						 __u32 epoch)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk || !epoch)
+		return socket_slice(skb, flags, levels);
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return socket_slice(skb, flags, levels);
+	__u64 *cached = sk_slice.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (!cached)
+		return socket_slice(skb, flags, levels);
+	__u64 word = *cached;
+
+	if ((__u32)(word >> 32) == epoch)
+		return (__u32)word;
+	__u32 slice = socket_slice(skb, flags, levels);
+
+	*cached = BWBPF_SK_WORD(epoch, slice);
+	return slice;
+}
+
+static __always_inline __u32 find_slice(struct __sk_buff *skb, struct bwbpf_settings *cfg,
 					struct parsed *p)
 {
+	__u32 flags = cfg->flags;
 	__u32 *slice;
 
 	if (flags & BWBPF_F_MARK) {
@@ -155,18 +208,11 @@ static __always_inline __u32 find_slice(struct __sk_buff *skb, __u32 flags, __u3
 				return *slice;
 		}
 	}
-	if (flags & BWBPF_F_CGROUP) {
-		int s = cgroup_slice(skb, levels);
+	if (flags & (BWBPF_F_CGROUP | BWBPF_F_UID)) {
+		__u32 s = cached_socket_slice(skb, flags, cfg->cgroup_levels, cfg->match_epoch);
 
-		if (s >= 0)
+		if (s != BWBPF_SK_NO_SLICE)
 			return s;
-	}
-	if (flags & BWBPF_F_UID) {
-		__u32 uid = bpf_get_socket_uid(skb);
-
-		slice = slice_by_uid.lookup(&uid);
-		if (slice)
-			return *slice;
 	}
 	if (p->family == 4 && (flags & BWBPF_F_SRC4)) {
 		struct bwbpf_lpm4 key = {.prefixlen = 32};
@@ -236,23 +282,25 @@ static __always_inline __u32 find_dclass(__u32 flags, struct parsed *p)
 int bwbpf_egress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
-	struct bwbpf_settings *cfg = settings.lookup(&zero);
-	__u32 flags = cfg ? cfg->flags : 0;
-	__u32 levels = cfg ? cfg->cgroup_levels : 0;
+	/* A copy: user space may update the settings while this packet is in here. */
+	struct bwbpf_settings *found = settings.lookup(&zero);
+	struct bwbpf_settings cfg = {};
 	struct parsed p = {};
 	__u32 slice, dclass = BWBPF_DCLASS_NORMAL;
 
-	if (parse(skb, flags, &p) < 0) {
+	if (found)
+		cfg = *found;
+	if (parse(skb, cfg.flags, &p) < 0) {
 		count_error(BWBPF_ERR_TRUNCATED);
 		p.family = 0;
 	}
-	slice = find_slice(skb, flags, levels, &p);
+	slice = find_slice(skb, &cfg, &p);
 	if (slice > BWBPF_MAX_SLICE_ID) {
 		count_error(BWBPF_ERR_SLICE_OUT_OF_RANGE);
 		slice = BWBPF_DEFAULT_SLICE_ID;
 	}
 	if (p.family)
-		dclass = find_dclass(flags, &p);
+		dclass = find_dclass(cfg.flags, &p);
 
 	struct bwbpf_slice_counters *sc = counters.lookup(&slice);
 

@@ -249,6 +249,7 @@ def populate(bpf: Any, tables: MatchTables) -> None:
     leaf = settings.Leaf()
     leaf.flags = tables.flags
     leaf.cgroup_levels = tables.cgroup_levels
+    leaf.match_epoch = layout.FIRST_MATCH_EPOCH
     settings[ctypes.c_int(0)] = leaf
     small = bpf["slice_by_small_mark"]
     for mark, slice_id in tables.marks.items():
@@ -414,7 +415,9 @@ class Program:
         """Bring the cgroup match map to ``cgroups`` in place, on the live program.
 
         New and changed ids first, then the settings, then removals: a packet sees either
-        the old or the new slice of its cgroup, never none of a cgroup that is in both."""
+        the old or the new slice of its cgroup, never none of a cgroup that is in both.
+        Last, a new match epoch: every socket works its slice out again at its next packet
+        (one that did so meanwhile may have seen a removal still to come)."""
         if cgroups == self.tables.cgroups and levels == self.tables.cgroup_levels:
             return
         table = self.maps["slice_by_cgroup"]
@@ -422,11 +425,25 @@ class Program:
             if self.tables.cgroups.get(cgroup_id) != slice_id:
                 bpfsys.map_update(table, ctypes.c_uint64(cgroup_id), ctypes.c_uint32(slice_id))
         flags = (self.tables.flags & ~layout.F_CGROUP) | (layout.F_CGROUP if cgroups else 0)
-        settings = layout.Settings(flags=flags, cgroup_levels=levels)
-        bpfsys.map_update(self.maps["settings"], ctypes.c_uint32(0), settings)
+        settings = self.settings()
+        settings.flags, settings.cgroup_levels = flags, levels
+        self._put_settings(settings)
         for cgroup_id in self.tables.cgroups.keys() - cgroups.keys():
             bpfsys.map_delete(table, ctypes.c_uint64(cgroup_id))
+        # Skipping 0, which turns the cache off.
+        settings.match_epoch = (settings.match_epoch + 1) & 0xFFFFFFFF or 1
+        self._put_settings(settings)
         self.tables = replace(self.tables, flags=flags, cgroup_levels=levels, cgroups=cgroups)
+
+    def settings(self) -> layout.Settings:
+        """What the program's settings map holds now."""
+        settings = layout.Settings()
+        if not bpfsys.map_lookup(self.maps["settings"], ctypes.c_uint32(0), settings):
+            raise Error(f"program {self.id}: its settings map has no entry")
+        return settings
+
+    def _put_settings(self, settings: layout.Settings) -> None:
+        bpfsys.map_update(self.maps["settings"], ctypes.c_uint32(0), settings)
 
 
 def remove_generation(pin_dir: str, prog_id: int) -> None:

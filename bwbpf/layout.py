@@ -32,7 +32,15 @@ class DclassSlot(ctypes.Structure):
 class Settings(ctypes.Structure):
     """Must match struct bwbpf_settings in bpf/bwbpf.h."""
 
-    _fields_ = [("flags", ctypes.c_uint32), ("cgroup_levels", ctypes.c_uint32)]
+    _fields_ = [
+        ("flags", ctypes.c_uint32),
+        ("cgroup_levels", ctypes.c_uint32),
+        ("match_epoch", ctypes.c_uint32),
+    ]
+
+
+# A program's first match epoch (settings.match_epoch); 0 turns its socket cache off.
+FIRST_MATCH_EPOCH = 1
 
 
 class Lpm4(ctypes.Structure):

@@ -72,9 +72,10 @@ class Loaded:
         self.bpf, self.fd, self.tables = datapath.load(cfg, ["-DBWBPF_CB_CLASSID"])
         self.counters = datapath.Counters(cfg.pin_dir)
 
-    def run(self, packet: bytes, mark: int = 0) -> int:
-        """Send one packet; returns the classid the program chose."""
-        result = bpfsys.prog_test_run(self.fd, packet, ctx(mark))
+    def run(self, packet: bytes, mark: int = 0, repeat: int = 1) -> int:
+        """Send one packet (``repeat`` times, with one dummy socket: its later runs find
+        the slice it remembered); returns the classid the program chose."""
+        result = bpfsys.prog_test_run(self.fd, packet, ctx(mark), repeat)
         assert result.retval == 0  # TC_ACT_OK: never dropped
         return struct.unpack_from("I", result.ctx_out, 48)[0]
 
@@ -144,10 +145,10 @@ def loaded(cgroup_dir: Path) -> Iterator[Loaded]:
 
 
 def delta(
-    loaded: Loaded, packet: bytes, mark: int = 0, times: int = 1
+    loaded: Loaded, packet: bytes, mark: int = 0, times: int = 1, repeat: int = 1
 ) -> tuple[int, dict[tuple[int, int], tuple[int, int]]]:
     before = loaded.usage()
-    chosen = {loaded.run(packet, mark) for _ in range(times)}
+    chosen = {loaded.run(packet, mark, repeat) for _ in range(times)}
     assert len(chosen) == 1
     after = loaded.usage()
     changed = {
@@ -281,6 +282,25 @@ def test_socket_uid(loaded: Loaded) -> None:
         assert chosen == classid.slice_class(MARK_SLICE, EXEMPT)
     finally:
         table.clear()
+
+
+def test_a_sockets_later_packets_take_the_slice_it_remembered(loaded: Loaded) -> None:
+    """One test run repeated is one socket's packets: the first works the slice out, the
+    others read it from the socket; a socket that matched nothing still goes on to the
+    source prefix, and a mark still comes first, on every packet."""
+    table = loaded.bpf["slice_by_uid"]
+    table[ctypes.c_uint32(0)] = ctypes.c_uint32(UID_SLICE)
+    try:
+        chosen, changed = delta(loaded, eth(0x0800, ipv4("10.9.0.1", "203.0.113.9")), repeat=40)
+        assert changed == {(UID_SLICE, NORMAL): (40 * 56, 40)}
+        assert chosen == classid.slice_class(UID_SLICE, NORMAL)
+        chosen, changed = delta(loaded, eth(0x0800, ipv4("10.9.0.1", "203.0.113.9")), 7, 1, 30)
+        assert changed == {(MARK_SLICE, NORMAL): (30 * 56, 30)}
+    finally:
+        table.clear()
+    chosen, changed = delta(loaded, eth(0x0800, ipv4("10.1.7.7", "203.0.113.9")), repeat=25)
+    assert changed == {(SRC_SLICE, NORMAL): (25 * 56, 25)}
+    assert chosen == classid.slice_class(SRC_SLICE, NORMAL)
 
 
 def test_cgroup_subtree(loaded: Loaded, cgroup_dir: Path) -> None:

@@ -8,6 +8,9 @@ one write(2) on an O_APPEND file, so a reader sees whole lines plus at most one 
 last one (which it ignores). --ready is created once both sockets are bound: whatever is
 sent after it exists reaches a socket, none of it answered with ICMP port unreachable.
 SIGTERM or SIGINT ends it with status 0.
+
+With --tcp it accepts TCP connections on the port (IPv4) instead, and appends "tcp <bytes>"
+for each read.
 """
 
 from __future__ import annotations
@@ -47,27 +50,51 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _ready(path: str) -> None:
+    # Made by a rename, so it appears complete, and only after the binds succeeded.
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.rename(path + ".tmp", path)
+
+
+def _tcp(port: int, ready: str, out: int) -> int:
+    """Accept connections one at a time and record what each read got, until stopped."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("0.0.0.0", port))
+        listener.listen()
+        _ready(ready)
+        try:
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    while data := conn.recv(65536):
+                        os.write(out, f"tcp {len(data)}\n".encode())
+        finally:
+            os.close(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", required=True, help="file each datagram's line is appended to")
     p.add_argument("--ready", required=True, help="file made once the sockets are bound")
     p.add_argument("--port", type=int, default=9)
     p.add_argument("--no-ipv6", action="store_true", help="bind IPv4 only")
+    p.add_argument("--tcp", action="store_true", help="accept TCP connections instead")
     args = p.parse_args(argv)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    out = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    if args.tcp:
+        return _tcp(args.port, args.ready, out)
     socks = {4: _socket(socket.AF_INET, args.port)}
     if not args.no_ipv6 and socket.has_ipv6:
         socks[6] = _socket(socket.AF_INET6, args.port)
-    out = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sel = selectors.DefaultSelector()
     for version, sock in socks.items():
         sel.register(sock, selectors.EVENT_READ, version)
-    # Made by a rename, so it appears complete, and only after both binds succeeded.
-    with open(args.ready + ".tmp", "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.rename(args.ready + ".tmp", args.ready)
+    _ready(args.ready)
     try:
         while True:
             for key, _events in sel.select():

@@ -6,6 +6,10 @@ mark, uid, cgroup or source address. Run inside a test namespace with nsenter:
 or raw frames, one hex string a line of a file, on an AF_PACKET socket:
 
     python -m tests.integration.traffic --frames FILE --ifname veth0
+
+With --hold, one socket lives as long as the process: each line N read from stdin sends N
+datagrams (or N times --size bytes on a --tcp connection) from it, then "sent N" goes to
+stdout; end of input closes it. A test holds a socket that way across a change it makes.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cgroup", help="cgroup v2 directory to join first")
     p.add_argument("--src", help="source address to bind")
     p.add_argument("--gap", type=float, default=0.0, help="seconds between datagrams")
+    p.add_argument("--hold", action="store_true", help="one socket, sends as stdin says")
+    p.add_argument("--tcp", action="store_true", help="with --hold: a TCP connection to --dst")
     args = p.parse_args(argv)
     if args.frames:
         return send_frames(args.frames, args.ifname, args.count)
@@ -40,25 +46,42 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
     family = socket.AF_INET6 if ":" in args.dst else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    kind = socket.SOCK_STREAM if args.tcp else socket.SOCK_DGRAM
+    if args.uid is not None:
+        if args.mark is not None:
+            p.error("--mark needs root (CAP_NET_ADMIN): not with --uid")
+        # The socket's owner is fixed when it is created: make it as that uid.
+        os.setgid(args.uid)
+        os.setuid(args.uid)
+    sock = socket.socket(family, kind)
     if args.mark is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, args.mark)
     if args.src:
         sock.bind((args.src, 0))
-    if args.uid is not None:
-        # The socket's owner is fixed when it is created: make a new one as that uid.
-        sock.close()
-        os.setgid(args.uid)
-        os.setuid(args.uid)
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        if args.src:
-            sock.bind((args.src, 0))
     payload = b"\x5a" * args.size
+    if args.hold:
+        return hold(sock, args.dst, args.port, payload, args.tcp)
     # Unconnected sends: an ICMP port-unreachable from the far side does not fail them.
     for _ in range(args.count):
         sock.sendto(payload, (args.dst, args.port))
         if args.gap:
             time.sleep(args.gap)
+    sock.close()
+    return 0
+
+
+def hold(sock: socket.socket, dst: str, port: int, payload: bytes, tcp: bool) -> int:
+    """Send from one socket as stdin asks, until end of input."""
+    if tcp:
+        sock.connect((dst, port))
+    for line in sys.stdin:
+        count = int(line)
+        if tcp:
+            sock.sendall(payload * count)
+        else:
+            for _ in range(count):
+                sock.sendto(payload, (dst, port))
+        print(f"sent {count}", flush=True)
     sock.close()
     return 0
 
