@@ -13,8 +13,17 @@ def unique(prefix: str = "bwt") -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"
 
 
-def require_root() -> None:
+def missing_privilege() -> str | None:
+    """Why a test marked ``root`` cannot run here, or None."""
     if os.geteuid() != 0:
-        pytest.skip("needs root (CAP_BPF, CAP_NET_ADMIN): run `make test` as root")
+        return "needs root (CAP_BPF, CAP_NET_ADMIN): run `make test` as root"
     if not os.path.ismount("/sys/fs/bpf"):
-        pytest.skip("bpffs is not mounted at /sys/fs/bpf (make setup mounts it)")
+        return "bpffs is not mounted at /sys/fs/bpf (make setup mounts it)"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture of the test runs: the fixtures of root tests make namespaces,
+    # cgroups and programs.
+    if item.get_closest_marker("root") is not None and (why := missing_privilege()):
+        pytest.skip(why)

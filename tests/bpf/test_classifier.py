@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bwbpf import bpfsys, classid, config, datapath, limits
-from tests.conftest import require_root, unique
+from tests.conftest import unique
 
 pytestmark = pytest.mark.root
 
@@ -89,7 +89,6 @@ class Loaded:
 
 @pytest.fixture(scope="module")
 def cgroup_dir() -> Iterator[Path]:
-    require_root()
     mount = Path(datapath.cgroup2_mount())
     path = mount / unique("bwbpftest-") / "tenant"
     path.mkdir(parents=True)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from bwbpf import config, datapath, layout, limits
-from tests.conftest import require_root, unique
+from tests.conftest import unique
 
 HEADER = (datapath.bpf_source_dir() / "bwbpf.h").read_text()
 
@@ -34,7 +34,6 @@ def _fields(t: type) -> list[tuple[str, int, int]]:
 
 @pytest.mark.root
 def test_structs_match_what_bcc_builds() -> None:
-    require_root()
     bpffs = f"/sys/fs/bpf/{unique('bwbpftest-')}"
     cfg = config.parse(f'[node]\ninterface = "lo"\nbpffs = "{bpffs}"\n')
     bpf = datapath.compile_program(cfg.pin_dir)

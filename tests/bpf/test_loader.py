@@ -18,7 +18,7 @@ import pytest
 from bwbpf import bpfsys, config, datapath, layout, limits, loader
 from bwbpf.errors import Error
 from tests.bpf.test_classifier import ctx, eth, ipv4
-from tests.conftest import require_root, unique
+from tests.conftest import unique
 
 pytestmark = pytest.mark.root
 
@@ -35,7 +35,6 @@ def _config(bpffs: str, slices: str = "") -> config.Config:
 
 @pytest.fixture
 def bpffs() -> Iterator[str]:
-    require_root()
     path = f"/sys/fs/bpf/{unique('bwldtest')}"
     os.mkdir(path)
     try:

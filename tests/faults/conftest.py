@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_root
 from tests.faults.common import FaultEnv
 
 
@@ -16,7 +15,6 @@ from tests.faults.common import FaultEnv
 def env(tmp_path: Path) -> Iterator[FaultEnv]:
     """A FaultEnv with its namespaces made and its receiver bound, and everything removed
     afterwards."""
-    require_root()
     if shutil.which("nsenter") is None:
         pytest.skip("nsenter is not installed (Debian package util-linux)")
     e = FaultEnv(tmp_path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bwbpf import bpfsys, datapath, limits
-from tests.conftest import require_root, unique
+from tests.conftest import unique
 from tests.faults.common import FaultEnv
 from tests.helpers import read_json, stop, wait_for
 from tests.integration.netns import BWBPF, sh
@@ -297,7 +297,6 @@ def _own_cgroup(pid: int, mount: Path) -> Path:
 
 @pytest.fixture
 def cgroup_dir() -> Iterator[Path]:
-    require_root()
     mount = Path(datapath.cgroup2_mount())
     path = mount / unique("bwkcg")
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from bwbpf import classid, datapath, limits
 from bwbpf.shaper import Shaper
-from tests.conftest import require_root, unique
+from tests.conftest import unique
 from tests.integration.netns import Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -69,7 +69,6 @@ normal = {{ max_rate = "{limited_rate}bit" }}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, Path, Path]]:
-    require_root()
     for tool in ("nsenter", "iperf3"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (make setup installs it)")

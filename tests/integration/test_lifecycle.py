@@ -13,7 +13,6 @@ import pytest
 
 from bwbpf import classid, limits
 from bwbpf.shaper import Shaper
-from tests.conftest import require_root
 from tests.integration.netns import FIRST_TICK_S, Topology, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -21,7 +20,6 @@ pytestmark = [pytest.mark.root, pytest.mark.integration]
 
 @pytest.fixture
 def topo(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
-    require_root()
     t = Topology()
     try:
         t.setup()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bwbpf import datapath
-from tests.conftest import require_root, unique
+from tests.conftest import unique
 from tests.helpers import read_json, stop, wait_for
 from tests.integration.netns import FIRST_TICK_S, Topology, sh
 
@@ -75,7 +75,6 @@ class Env:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    require_root()
     if shutil.which("nsenter") is None:
         pytest.skip("nsenter is not installed")
     e = Env(tmp_path)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from bwbpf.shaper import installed_rate
-from tests.conftest import require_root
 from tests.helpers import wait_for
 from tests.integration.netns import FIRST_TICK_S, UDP_FRAME, UDP_PAYLOAD, Topology
 
@@ -50,7 +49,6 @@ normal = {{ limit = "2MB", threshold = 0.5, max_rate = "100mbit" }}
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[Topology, Path, int]]:
-    require_root()
     topo = Topology()
     cfg = tmp_path / "bwbpf.toml"
     try:

@@ -10,7 +10,6 @@ import pytest
 
 from bwbpf import classid, limits
 from bwbpf.shaper import Shaper
-from tests.conftest import require_root
 from tests.helpers import stop_cleanly
 from tests.integration.netns import Topology, wait_status
 
@@ -22,7 +21,6 @@ WIRE = 1000  # bytes on the wire of each 958-byte datagram
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
-    require_root()
     topo = Topology()
     cfg = tmp_path / "bwbpf.toml"
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bwbpf import bpfsys, datapath, layout
-from tests.conftest import require_root, unique
+from tests.conftest import unique
 from tests.helpers import read_json, stop, wait_for
 from tests.integration.netns import FIRST_TICK_S, REPO, Topology
 
@@ -123,7 +123,6 @@ match = {{ cgroup = "{self.cgroup}" }}
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    require_root()
     if shutil.which("nsenter") is None:
         pytest.skip("nsenter is not installed")
     e = Env(tmp_path)

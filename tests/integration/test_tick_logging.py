@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_root, unique
+from tests.conftest import unique
 from tests.helpers import read_json, wait_for
 from tests.integration.netns import Topology, sh
 from tests.integration.test_daemon import with_slices
@@ -57,7 +57,6 @@ normal = {{ limit = "20kB", threshold = 0.25, max_rate = "100mbit", min_rate = "
 
 @pytest.fixture
 def topo() -> Iterator[Topology]:
-    require_root()
     t = Topology(
         src_ns=unique("bwlgS"),
         dst_ns=unique("bwlgD"),
