@@ -1,4 +1,4 @@
-"""The TOML configuration, validated into frozen dataclasses.
+"""The TOML configuration, validated into the frozen types of bwbpf/model.py.
 
 Validation collects every problem before failing, each as ``FILE: KEY: what is wrong``, so
 that ``bwbpf check`` can list them all at once.
@@ -15,12 +15,22 @@ import socket
 import stat
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bwbpf import limits
 from bwbpf.errors import ConfigError, one_line
+from bwbpf.model import (
+    SLICE_NAME,
+    ClassQuota,
+    Config,
+    Match,
+    Metrics,
+    Network,
+    Notify,
+    Period,
+    Slice,
+)
 from bwbpf.units import (
     MAX_SIZE_BYTES,
     UnitError,
@@ -30,15 +40,7 @@ from bwbpf.units import (
 )
 from bwbpf.units import shown as _shown
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
-
-# A slice name becomes a mail address's local part (a dot-atom: no leading, trailing or
-# doubled dot), a header, a Prometheus label and a Message-ID: 1-63 characters, dot-separated
-# words of letters, digits, '_' and '-', each word starting with a letter or digit and not
-# ending in '-'.
-_NAME_WORD = r"[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
-SLICE_NAME = re.compile(rf"^(?=.{{1,63}}$){_NAME_WORD}(?:\.{_NAME_WORD})*$")
 # An interface name as the kernel allows it (dev_valid_name: at most IFNAMSIZ - 1 = 15
 # bytes, no '/', no whitespace) and narrower: it names files under node.state_dir and
 # directories under node.bpffs, so no '..' either.
@@ -59,115 +61,6 @@ MAX_PROBLEMS = 100
 OVERFLOW_UID = 65534
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 PERIOD_KINDS = ("daily", "weekly", "monthly")
-
-
-@dataclass(frozen=True)
-class ClassQuota:
-    """One slice's budget for one destination class (normal or exempt)."""
-
-    limit_bytes: int
-    threshold_bytes: int
-    min_rate_bps: int
-    max_rate_bps: int
-    avg_rate_bps: int
-
-
-@dataclass(frozen=True)
-class Match:
-    """The ways a packet is recognised as a slice's; any one of them is enough."""
-
-    marks: tuple[int, ...] = ()
-    uids: tuple[int, ...] = ()
-    cgroups: tuple[str, ...] = ()
-    src: tuple[Network, ...] = ()
-
-    def empty(self) -> bool:
-        return not (self.marks or self.uids or self.cgroups or self.src)
-
-
-@dataclass(frozen=True)
-class Slice:
-    name: str
-    id: int
-    match: Match
-    share: int
-    normal: ClassQuota
-    exempt: ClassQuota
-
-    def quota(self, dclass: int) -> ClassQuota:
-        return self.exempt if dclass == limits.DCLASS_EXEMPT else self.normal
-
-
-@dataclass(frozen=True)
-class Period:
-    """``rolling``: ``seconds`` from each slice's own period start. The calendar kinds start
-    at ``at`` (minutes after local midnight) in ``timezone``: every day, every ``weekday``
-    (0 = Monday), or every month on ``day``."""
-
-    kind: str = "rolling"
-    seconds: int = 86400
-    at_minutes: int = 0
-    weekday: int = 0
-    day: int = 1
-    timezone: str = "UTC"
-
-
-@dataclass(frozen=True)
-class Notify:
-    smtp_host: str | None
-    smtp_port: int
-    starttls: bool
-    username: str | None
-    password: str | None
-    sendmail: str | None
-    sender: str
-    operator: str | None
-    slice_address: str
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """Prometheus metrics: served over HTTP at listen_host:listen_port (None: not served)
-    and/or written atomically to a node_exporter textfile."""
-
-    listen_host: str | None
-    listen_port: int
-    textfile: str | None
-    # The textfile is rewritten at most this often (seconds): at 10,000 slices it is
-    # ~19 MB, and a scraper reads it at its own interval anyway.
-    textfile_interval_s: int = 60
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str
-    interface: str
-    line_rate_bps: int
-    node_cap_bps: int
-    tick_s: int
-    state_dir: str
-    bpffs_dir: str
-    policy: str
-    period: Period
-    exempt_prefixes: tuple[Network, ...]
-    default_slice: Slice
-    slices: tuple[Slice, ...]
-    notify: Notify | None = None
-    metrics: Metrics | None = None
-    warnings: tuple[str, ...] = field(default=(), compare=False)
-    # The files it was read from besides ``path`` (exempt files), for configcache.
-    sources: tuple[str, ...] = field(default=(), compare=False)
-
-    @property
-    def pin_dir(self) -> str:
-        """Where this interface's maps are pinned: they outlive the process that loaded them."""
-        return _within(
-            self.path, "node.interface", os.path.join(self.bpffs_dir, "bwbpf"), self.interface
-        )
-
-    def all_slices(self) -> tuple[Slice, ...]:
-        """The default slice first, then the configured ones."""
-        return (self.default_slice, *self.slices)
 
 
 _NODE_KEYS = {"interface", "line_rate", "node_cap", "tick", "state_dir", "bpffs"}
@@ -213,15 +106,6 @@ _PREFIX_CHARS = re.compile(
 )
 # The longest period of each calendar kind (with an hour for a DST change).
 _CALENDAR_SECONDS = {"daily": 25 * 3600, "weekly": 7 * 86400 + 3600, "monthly": 31 * 86400 + 3600}
-
-
-def _within(path: str, key: str, base: str, name: str) -> str:
-    """``base/name``, which must be a direct child of ``base``: a path built from a config
-    value never leaves its base directory."""
-    full = os.path.normpath(os.path.join(base, name))
-    if not name or os.path.dirname(full) != os.path.normpath(base):
-        raise ConfigError([f"{path}: {key}: {name!r} would leave {base}"])
-    return full
 
 
 class FileProblem(Exception):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bwbpf import __version__, config
-from bwbpf.config import Config
+from bwbpf.model import Config
 
 log = logging.getLogger(__name__)
 

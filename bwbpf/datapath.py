@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bwbpf import bpfsys, classid, config, htbmsg, layout, limits
-from bwbpf.config import Config, Network
 from bwbpf.errors import Error, one_line
+from bwbpf.model import Config, Network
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bwbpf import bpfsys, datapath
-from bwbpf.config import Network
 from bwbpf.errors import Error, one_line
+from bwbpf.model import Network
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from bwbpf import datapath, tree
-from bwbpf.config import Config
+from bwbpf.model import Config
 from bwbpf.shaper import Shaper
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from bwbpf.config import SLICE_NAME, Notify
 from bwbpf.errors import Error
 from bwbpf.limits import DCLASSES, DEFAULT_SLICE_NAME
+from bwbpf.model import SLICE_NAME, Notify
 from bwbpf.units import format_bytes, format_duration, format_rate
 
 # RFC 5322 dot-atom local part and an LDH domain (one label allowed: "root@localhost").

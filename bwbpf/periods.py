@@ -36,7 +36,7 @@ import math
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bwbpf.config import Period
+from bwbpf.model import Period
 
 CALENDAR_KINDS = ("daily", "weekly", "monthly")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 from bwbpf import classid, datapath, limits, periods, policy, status
-from bwbpf.config import ClassQuota, Config
 from bwbpf.errors import Error
+from bwbpf.model import ClassQuota, Config
 from bwbpf.units import format_bytes, format_rate
 
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bwbpf import state
-from bwbpf.config import Config
 from bwbpf.errors import Error
 from bwbpf.limits import DCLASSES
+from bwbpf.model import Config
 
 VERSION = 1
 

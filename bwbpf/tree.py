@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bwbpf import classid, limits
-from bwbpf.config import Config, Slice
+from bwbpf.model import Config, Slice
 
 # The reference's bwlimit: quantum = share × 1600, about one MTU-sized packet per share, so
 # that HTB's deficit round robin splits spare bandwidth by share.
