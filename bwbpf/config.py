@@ -7,6 +7,7 @@ that ``bwbpf check`` can list them all at once.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import ipaddress
 import os
@@ -805,6 +806,7 @@ def parse(
         metrics=metrics,
         warnings=tuple(c.listed("warnings")),
         sources=tuple(c.sources),
+        digest=hashlib.sha256(text.encode()).hexdigest(),
     )
 
 

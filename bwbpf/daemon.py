@@ -28,6 +28,7 @@ from bwbpf import (
     periods,
     policy,
     state,
+    statserver,
     status,
 )
 from bwbpf.clock import AccountingClock, describe_offset
@@ -328,6 +329,7 @@ class Daemon:
         self._program: datapath.Program | None = None
         self.watch = node.Watch()
         self.exporter = metrics.Exporter(cfg.interface)
+        self.stat_server = statserver.StatServer()
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -349,6 +351,8 @@ class Daemon:
             log.info("dry run: no HTB class will change and no mail will be sent")
         else:
             self._install(recorded_ceilings(self.cfg, self.ledger))
+            # stat asks here first (its document from the last tick, not the files).
+            self.stat_server.serve(self.cfg)
         self._serve_metrics()
 
     def stop(self) -> None:
@@ -360,6 +364,7 @@ class Daemon:
                 self._state.save(self.ledger, now, whole=True)
         finally:
             self.exporter.close()
+            self.stat_server.close()
             self._shaper_close()
             if self._counters is not None:
                 self._counters.close()
@@ -646,13 +651,25 @@ class Daemon:
             self._jump_logged = self.clock.offset_s
 
     def _publish(self, now: float, decisions: Decisions) -> None:
+        problems = self._problems()
         status.write(
             self.cfg,
             pid=os.getpid(),
             last_tick=now,
-            problems=self._problems(),
+            problems=problems,
             uncounted_bytes=self.uncounted_bytes,
         )
+        summary = {
+            "pid": os.getpid(),
+            "running": True,
+            "last_tick": now,
+            "tick_s": self.cfg.tick_s,
+            "policy": self.cfg.policy,
+            "problems": problems,
+            "uncounted_bytes": self.uncounted_bytes,
+        }
+        # A copy of the records: the ledger replaces them, never changes one.
+        self.stat_server.update(statserver.TickView(self.cfg, self.ledger.records(), summary))
 
     def _problems(self) -> list[str]:
         return (

@@ -119,6 +119,8 @@ class Config:
     warnings: tuple[str, ...] = field(default=(), compare=False)
     # The files it was read from besides ``path`` (exempt files), for configcache.
     sources: tuple[str, ...] = field(default=(), compare=False)
+    # SHA-256 (hex) of the text it was parsed from: whether two processes hold the same.
+    digest: str = field(default="", compare=False)
 
     @property
     def pin_dir(self) -> str:

@@ -3,20 +3,26 @@
 Sources, freshest first: the pinned kernel counters (live), the daemon's status file (the
 period, the usage up to its last tick, the ceilings it decided) and the installed HTB
 classes (the ceiling actually in force). Without a daemon, ``bytes`` are the counters'
-totals since the maps were created and the period fields are null.
+totals since the maps were created and the period fields are null. A running daemon
+makes the same document itself from its last tick (bwbpf/statserver.py), ``document``
+being the one place either is put together.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from bwbpf import classid, datapath, limits, periods, policy, status
 from bwbpf.errors import Error
-from bwbpf.model import ClassQuota, Config
+from bwbpf.model import ClassQuota, Config, Slice
 from bwbpf.units import format_bytes, format_rate
 
 
 def build(cfg: Config, names: list[str] | None = None, now: float | None = None) -> dict:
+    """The document from the files and the kernel (what ``stat`` does without a daemon to
+    ask, and for a few slices)."""
     now = time.time() if now is None else now
     wanted = set(names or ())
     slices = [s for s in cfg.all_slices() if not wanted or s.name in wanted]
@@ -30,42 +36,80 @@ def build(cfg: Config, names: list[str] | None = None, now: float | None = None)
         else None,
     )
     daemon = status.read(cfg, names)
-    entries = []
+    return document(
+        cfg,
+        slices,
+        live,
+        daemon.slices if daemon else {},
+        installed.get,
+        daemon=daemon.summary() if daemon else None,
+        errors=errors,
+        attached=datapath.attached(cfg.interface),
+        now=now,
+    )
+
+
+def document(
+    cfg: Config,
+    slices: Sequence[Slice],
+    live: Mapping[int, tuple[datapath.Usage, datapath.Usage]],
+    saved: Mapping[str, dict[str, Any]],
+    ceiling: Callable[[int], int | None],
+    *,
+    daemon: dict[str, Any] | None,
+    errors: Mapping[str, int],
+    attached: bool,
+    now: float,
+) -> dict:
+    """The ``stat --json`` document (pure): ``live`` counters by slice id, ``saved`` what
+    the daemon recorded per slice at its last tick (``status.slices``' shape), ``ceiling``
+    the ceiling in force of a class handle."""
     # The period a slice without daemon state would be in (for the average policy's
     # budget, which follows the period's length).
     unsaved = periods.current_period(cfg.period, now, None)
-    for s in slices:
-        st = daemon.slices.get(s.name) if daemon else None
-        start, end = (st["period_start"], st["period_end"]) if st else unsaved
-        classes = {}
-        for dclass, dname in enumerate(limits.DCLASSES):
-            handle = classid.slice_class(s.id, dclass)
-            classes[dname] = class_view(
-                cfg.policy,
-                s.quota(dclass),
-                live[s.id][dclass],
-                st["classes"][dname] if st is not None else None,
-                (start, end),
-                installed.get(handle),
-                classid.format_handle(handle),
-            )
-        entries.append(
-            {
-                "name": s.name,
-                "id": s.id,
-                "period_start": st["period_start"] if st else None,
-                "period_end": st["period_end"] if st else None,
-                "capped": any(c["capped"] for c in classes.values()),
-                "classes": classes,
-            }
-        )
+    entries = [
+        slice_entry(cfg.policy, s, live[s.id], saved.get(s.name), ceiling, unsaved) for s in slices
+    ]
     return {
         "interface": cfg.interface,
         "time": now,
-        "daemon": daemon.summary() if daemon else None,
-        "datapath_errors": errors,
-        "classifier_attached": datapath.attached(cfg.interface),
+        "daemon": daemon,
+        "datapath_errors": dict(errors),
+        "classifier_attached": attached,
         "slices": entries,
+    }
+
+
+def slice_entry(
+    policy_name: str,
+    s: Slice,
+    live: tuple[datapath.Usage, datapath.Usage],
+    st: dict[str, Any] | None,
+    ceiling: Callable[[int], int | None],
+    unsaved: tuple[float, float],
+) -> dict[str, Any]:
+    """One slice of the document (pure); ``unsaved`` is the period it is in when the
+    daemon saved nothing of it."""
+    start, end = (st["period_start"], st["period_end"]) if st else unsaved
+    classes = {}
+    for dclass, dname in enumerate(limits.DCLASSES):
+        handle = classid.slice_class(s.id, dclass)
+        classes[dname] = class_view(
+            policy_name,
+            s.quota(dclass),
+            live[dclass],
+            st["classes"][dname] if st is not None else None,
+            (start, end),
+            ceiling(handle),
+            classid.format_handle(handle),
+        )
+    return {
+        "name": s.name,
+        "id": s.id,
+        "period_start": st["period_start"] if st else None,
+        "period_end": st["period_end"] if st else None,
+        "capped": any(c["capped"] for c in classes.values()),
+        "classes": classes,
     }
 
 
