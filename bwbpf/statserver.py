@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from bwbpf import classid, datapath, limits, periods, report
+from bwbpf import classid, datapath, heap, limits, periods, report
 from bwbpf.ledger import SliceRecord
 from bwbpf.model import Config, Slice
 from bwbpf.shaper import installed_rate
@@ -89,6 +89,10 @@ class Encoder:
     def __init__(self) -> None:
         self._texts: dict[str, tuple[Slice, SliceRecord | None, Any, Any, str]] = {}
 
+    @property
+    def keeps(self) -> bool:
+        return bool(self._texts)
+
     def encode(
         self,
         view: TickView,
@@ -139,11 +143,16 @@ class Encoder:
 
 
 class Answers:
-    """Answers one request at a time, from the kernel's counters and the last tick."""
+    """Answers one request at a time, from the kernel's counters and the last tick. The
+    slices' texts (~6 MB at 10,000 slices) are kept only while stat keeps asking: after
+    KEEP_S without a request they are let go, and the daemon's memory is as without."""
+
+    KEEP_S = 10.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._encoder = Encoder()
+        self._asked_at = 0.0
 
     def answer(self, view: TickView, now: float) -> bytes:
         cfg = view.cfg
@@ -151,7 +160,21 @@ class Answers:
             live = counters.read(s.id for s in cfg.all_slices())
             errors = counters.errors()
             attached = datapath.attached(cfg.interface)
+            self._asked_at = time.monotonic()
             return self._encoder.encode(view, live, errors, attached, now)
+
+    def forget_if_idle(self, monotonic_now: float) -> bool:
+        """Let the kept texts go if nobody asked for KEEP_S; whether it did. Never waits
+        for an answer being made (then they are let go at a later tick)."""
+        if not self._encoder.keeps or monotonic_now - self._asked_at < self.KEEP_S:
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._encoder = Encoder()
+        finally:
+            self._lock.release()
+        return True
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -228,6 +251,8 @@ class StatServer:
             self.serve(view.cfg)
         if self._server is not None:
             self._server.view = view
+            if self._server.answers.forget_if_idle(time.monotonic()):
+                heap.trim()
 
     def close(self) -> None:
         if self._server is None:

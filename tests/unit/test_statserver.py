@@ -107,3 +107,16 @@ def test_kept_slices_follow_their_counters_records_and_config() -> None:
     got = encoder.encode(view, live, ERRORS, True, NOW)
     assert got == _expected(view, live)
     assert b'"limit_bytes": 2000000000' in got
+
+
+def test_the_kept_texts_go_when_nobody_asks() -> None:
+    cfg = config.parse(TEXT, check_interface=False)
+    view = statserver.TickView(cfg, {}, {"pid": 42})
+    answers = statserver.Answers()
+    assert not answers.forget_if_idle(1e9)  # nothing kept
+    answers._encoder.encode(view, _live(cfg), ERRORS, True, NOW)
+    answers._asked_at = 100.0
+    assert not answers.forget_if_idle(100.0 + answers.KEEP_S - 1)
+    assert answers._encoder.keeps
+    assert answers.forget_if_idle(100.0 + answers.KEEP_S)
+    assert not answers._encoder.keeps
