@@ -24,7 +24,8 @@ enum bwbpf_dclass {
 	BWBPF_DCLASS_EXEMPT = 1, /* destination inside an exempt prefix */
 };
 
-/* Why a packet took the fail-open path. Order matches limits.ERROR_REASONS. */
+/* Why a packet took the fail-open path: fixed numbers, those of limits.ERROR_REASONS; a new
+ * reason takes the next number (the pinned errors map has BWBPF_ERROR_SLOTS of them). */
 enum bwbpf_error {
 	BWBPF_ERR_TRUNCATED = 0,          /* an L2/L3 header ends past data_end */
 	BWBPF_ERR_COUNTER_LOOKUP = 1,     /* a per-CPU array lookup returned NULL */

@@ -18,7 +18,8 @@
 /* Only these two outlive a reload: the pinned copies are reused, so counts carry over. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct bwbpf_slice_counters, counters, BWBPF_COUNTER_SLOTS,
 		 BWBPF_PIN_DIR "/counters");
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, errors, BWBPF_NUM_ERRORS,
+_Static_assert(BWBPF_NUM_ERRORS <= BWBPF_ERROR_SLOTS, "more error reasons than error slots");
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, errors, BWBPF_ERROR_SLOTS,
 		 BWBPF_PIN_DIR "/errors");
 
 /* The match and exempt maps are filled from the config before the program goes live, so a

@@ -55,7 +55,7 @@ PINNED_MAPS = {
         ctypes.sizeof(layout.SliceCounters),
         COUNTER_SLOTS,
     ),
-    "errors": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(limits.ERROR_REASONS)),
+    "errors": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, limits.ERROR_SLOTS),
 }
 PROGRAM_PIN = "prog"
 # The maps of one program that user space fills or updates, pinned as <name>@<program id>.
@@ -200,8 +200,12 @@ def match_tables(cfg: Config, resolve: Any = None, no_l2: bool = False) -> Match
     )
 
 
-def _check_pins(pin_dir: str) -> None:
-    """Refuse pinned maps of another shape (an older bwbpf): bcc would reuse them blindly."""
+def _check_pins(pin_dir: str) -> list[int]:
+    """Refuse pinned maps of another shape (an older bwbpf): bcc would reuse them blindly.
+    An errors map of fewer or more slots (a bwbpf with other error reasons) is only
+    diagnostics: it is unpinned, and its totals by reason number are returned for the new
+    map (``_carry_errors``)."""
+    carried: list[int] = []
     for name, expected in PINNED_MAPS.items():
         path = os.path.join(pin_dir, name)
         if not os.path.exists(path):
@@ -209,14 +213,42 @@ def _check_pins(pin_dir: str) -> None:
         fd = bpfsys.obj_get(path)
         try:
             info = bpfsys.map_info(fd)
+            found = (info.type, info.key_size, info.value_size, info.max_entries)
+            if found != expected and name == "errors" and found[:3] == expected[:3]:
+                carried = _error_totals(fd, info.max_entries)
+                os.unlink(path)
+                log.warning(
+                    "%s: %d error slots, this bwbpf has %d; replaced, its counts carried over",
+                    path,
+                    info.max_entries,
+                    limits.ERROR_SLOTS,
+                )
+                continue
         finally:
             os.close(fd)
-        found = (info.type, info.key_size, info.value_size, info.max_entries)
         if found != expected:
             raise Error(
                 f"pinned map {path} has layout {found}, this bwbpf needs {expected};"
                 " `bwbpf down` removes it (and its counts)"
             )
+    return carried
+
+
+def _error_totals(fd: int, slots: int) -> list[int]:
+    """Each slot of an errors map, summed over the CPUs."""
+    ncpus = bpfsys.possible_cpus()
+    words = bpfsys.percpu_array_read(fd, slots, 8, ncpus).cast("Q")
+    return [sum(words[i * ncpus : (i + 1) * ncpus]) for i in range(slots)]
+
+
+def _carry_errors(bpf: Any, totals: list[int]) -> None:
+    """Put an older errors map's totals into the new one (on the first CPU's slots)."""
+    fd = bpf["errors"].map_fd
+    ncpus = bpfsys.possible_cpus()
+    for reason, total in enumerate(totals[: limits.ERROR_SLOTS]):
+        if total:
+            value = (ctypes.c_uint64 * ncpus)(total)
+            bpfsys.map_update(fd, ctypes.c_uint32(reason), value)
 
 
 def compile_program(pin_dir: str, extra_cflags: Iterable[str] = ()) -> Any:
@@ -228,7 +260,7 @@ def compile_program(pin_dir: str, extra_cflags: Iterable[str] = ()) -> Any:
 
     src = bpf_source_dir()
     os.makedirs(pin_dir, exist_ok=True)
-    _check_pins(pin_dir)
+    carried = _check_pins(pin_dir)
     flags = [
         *cflags(),
         f'-DBWBPF_PIN_DIR="{pin_dir}"',
@@ -238,9 +270,11 @@ def compile_program(pin_dir: str, extra_cflags: Iterable[str] = ()) -> Any:
         *extra_cflags,
     ]
     try:
-        return BPF(src_file=str(src / "egress.c"), cflags=flags)
+        bpf = BPF(src_file=str(src / "egress.c"), cflags=flags)
     except Exception as exc:  # bcc raises bare Exception on compile and load failures
         raise Error(f"cannot load bpf/egress.c: {exc}") from None
+    _carry_errors(bpf, carried)
+    return bpf
 
 
 def populate(bpf: Any, tables: MatchTables) -> None:
@@ -515,6 +549,7 @@ def cflags() -> list[str]:
         "BWBPF_MAX_CGROUP_DEPTH": limits.MAX_CGROUP_DEPTH,
         "BWBPF_DCLASS_CACHE_ENTRIES": limits.DCLASS_CACHE_ENTRIES,
         "BWBPF_NUM_ERRORS": len(limits.ERROR_REASONS),
+        "BWBPF_ERROR_SLOTS": limits.ERROR_SLOTS,
     }
     values.update(
         BWBPF_HTB_MAJOR=classid.HTB_MAJOR,
@@ -700,6 +735,7 @@ class Counters:
     def __init__(self, pin_dir: str) -> None:
         self.pin_dir = pin_dir
         self.ncpus = bpfsys.possible_cpus()
+        self._error_slots: int | None = None
         try:
             self._counters = bpfsys.obj_get(os.path.join(pin_dir, "counters"))
             self._errors = bpfsys.obj_get(os.path.join(pin_dir, "errors"))
@@ -780,9 +816,15 @@ class Counters:
         return {s: (make((nb[s], np_[s])), make((eb[s], ep[s]))) for s in ids}
 
     def errors(self) -> dict[str, int]:
-        raw = bpfsys.percpu_array_read(self._errors, len(limits.ERROR_REASONS), 8, self.ncpus)
-        words = raw.cast("Q")
-        return {
-            reason: sum(words[i * self.ncpus : (i + 1) * self.ncpus])
-            for i, reason in enumerate(limits.ERROR_REASONS)
-        }
+        """Datapath errors by reason; a reason this bwbpf has no name for (a newer
+        program's) shows as ``reason_<number>`` once it counted something."""
+        if self._error_slots is None:
+            self._error_slots = bpfsys.map_info(self._errors).max_entries
+        totals = _error_totals(self._errors, self._error_slots)
+        out = dict.fromkeys(limits.ERROR_REASONS, 0)
+        for number, total in enumerate(totals):
+            if number < len(limits.ERROR_REASONS):
+                out[limits.ERROR_REASONS[number]] = total
+            elif total:
+                out[f"reason_{number}"] = total
+        return out

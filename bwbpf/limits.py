@@ -25,5 +25,9 @@ DCLASSES = ("normal", "exempt")
 DCLASS_NORMAL = 0
 DCLASS_EXEMPT = 1
 
-# Datapath error reasons, in the order of enum bwbpf_error in bpf/bwbpf.h (checked by a test).
+# Datapath error reasons by number: enum bwbpf_error in bpf/bwbpf.h has the same numbers
+# (checked by a test). A reason keeps its number for good; a new one takes the next.
 ERROR_REASONS = ("truncated", "counter_lookup", "slice_out_of_range")
+# Slots of the pinned errors map, which outlives programs and upgrades: room for reasons
+# to come without another map layout.
+ERROR_SLOTS = 16

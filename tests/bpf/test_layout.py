@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
 import re
 import shutil
 
 import pytest
 
-from bwbpf import config, datapath, layout, limits
+from bwbpf import bpfsys, config, datapath, layout, limits
+from bwbpf.errors import Error
 from tests.conftest import unique
 
 HEADER = (datapath.bpf_source_dir() / "bwbpf.h").read_text()
@@ -57,3 +60,64 @@ def test_structs_match_what_bcc_builds() -> None:
         bpf.cleanup()
         datapath.remove_pins(cfg.pin_dir)
         shutil.rmtree(bpffs, ignore_errors=True)
+
+
+def _pin_old_map(path: str, entries: int, value: str = "u64") -> None:
+    """A pinned per-CPU array of ``entries`` slots, as an older bwbpf would have left it."""
+    from bcc import BPF
+
+    name = os.path.basename(path)
+    old = BPF(
+        text=f'BPF_TABLE_PINNED("percpu_array", u32, {value}, {name}, {entries}, "{path}");'
+        "int f(struct __sk_buff *skb) { return 0; }"
+    )
+    old.cleanup()
+
+
+@pytest.mark.root
+def test_an_errors_map_of_other_slots_is_replaced_with_its_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bpffs = f"/sys/fs/bpf/{unique('bwbpftest-')}"
+    cfg = config.parse(f'[node]\ninterface = "lo"\nbpffs = "{bpffs}"\n')
+    os.makedirs(cfg.pin_dir)
+    path = os.path.join(cfg.pin_dir, "errors")
+    try:
+        _pin_old_map(path, 3)
+        fd = bpfsys.obj_get(path)
+        ncpus = bpfsys.possible_cpus()
+        for reason, per_cpu in enumerate([(5, 1), (0, 0), (7, 2)]):
+            value = (ctypes.c_uint64 * ncpus)(*per_cpu[:ncpus])
+            bpfsys.map_update(fd, ctypes.c_uint32(reason), value)
+        os.close(fd)
+        with caplog.at_level(logging.WARNING):
+            bpf = datapath.compile_program(cfg.pin_dir)
+        bpf.cleanup()
+        assert "3 error slots, this bwbpf has 16" in caplog.text
+        with datapath.Counters(cfg.pin_dir) as counters:
+            assert bpfsys.map_info(counters._errors).max_entries == limits.ERROR_SLOTS
+            expected = {"truncated": 5 + (ncpus > 1), "counter_lookup": 0}
+            expected["slice_out_of_range"] = 7 + 2 * (ncpus > 1)
+            assert counters.errors() == expected
+    finally:
+        datapath.remove_pins(cfg.pin_dir)
+        shutil.rmtree(bpffs, ignore_errors=True)
+
+
+@pytest.mark.root
+def test_a_counters_map_of_another_layout_is_refused() -> None:
+    bpffs = f"/sys/fs/bpf/{unique('bwbpftest-')}"
+    cfg = config.parse(f'[node]\ninterface = "lo"\nbpffs = "{bpffs}"\n')
+    os.makedirs(cfg.pin_dir)
+    try:
+        _pin_old_map(os.path.join(cfg.pin_dir, "counters"), 100)
+        with pytest.raises(Error, match=r"counters has layout .* `bwbpf down` removes it"):
+            datapath.compile_program(cfg.pin_dir)
+        assert os.path.exists(os.path.join(cfg.pin_dir, "counters"))  # its counts kept
+    finally:
+        datapath.remove_pins(cfg.pin_dir)
+        shutil.rmtree(bpffs, ignore_errors=True)
+
+
+def test_error_reasons_fit_their_slots() -> None:
+    assert len(limits.ERROR_REASONS) <= limits.ERROR_SLOTS
