@@ -85,17 +85,19 @@ def readings(
 
 def decide_slice(cfg: Config, s: Slice, record: SliceRecord, now: float) -> dict[int, Decision]:
     """The policy's decision for both classes of one slice."""
-    return {
-        dclass: policy.decide(
-            s.quota(dclass),
-            cfg.policy,
-            record.classes[dclass].used_bytes,
-            record.period_start,
-            record.period_end,
-            now,
-        )
-        for dclass in range(len(DCLASSES))
-    }
+    return {dclass: decide_class(cfg, s, record, dclass, now) for dclass in range(len(DCLASSES))}
+
+
+def decide_class(cfg: Config, s: Slice, record: SliceRecord, dclass: int, now: float) -> Decision:
+    """The policy's decision for one class of one slice."""
+    return policy.decide(
+        s.quota(dclass),
+        cfg.policy,
+        record.classes[dclass].used_bytes,
+        record.period_start,
+        record.period_end,
+        now,
+    )
 
 
 def decide_all(cfg: Config, ledger: Ledger, now: float) -> Decisions:
@@ -112,7 +114,14 @@ class DecisionCache:
     """The decisions of every configured slice, taken again at a tick only where they can
     have changed: slices whose ledger record changed, and slices on the smooth policy's
     ramp, whose ceiling moves with time alone (``Decision.moves``). At 10,000 mostly idle
-    slices that is a few instead of 20,000 policy calls a tick."""
+    slices that is a few instead of 20,000 policy calls a tick.
+
+    Of a changed slice, a class's decision is kept when it cannot have changed either: in
+    the same period, a decision that does not move with time, taken at the same usage (the
+    class sent nothing) or once the class had used up its period's bytes
+    (``policy.settled``: it stays as it is however much more the class sends). At 10,000
+    slices all sending past their limits that is no policy call at all, and no new
+    decision objects."""
 
     def __init__(self) -> None:
         self.decisions: Decisions = {}
@@ -121,6 +130,9 @@ class DecisionCache:
         self._moving: set[str] = set()
         self._everything = True
         self._slices: dict[str, Slice] = {}
+        # What each slice's decisions were taken at (_basis): the period, and per class
+        # the used bytes and whether they were settled.
+        self._basis: dict[str, tuple[Any, ...]] = {}
 
     def reset(self) -> None:
         """A new configuration: every decision is taken again at the next tick."""
@@ -132,12 +144,16 @@ class DecisionCache:
         return self._slices
 
     def update(self, cfg: Config, ledger: Ledger, now: float) -> set[str]:
-        """Bring the decisions up to ``now``; the names whose decisions were taken again."""
+        """Bring the decisions up to ``now``; the names whose decisions were looked at
+        again (taken again, or found to hold)."""
         if self._everything:
             self._everything = False
             self._slices = {s.name: s for s in cfg.all_slices()}
             before = set(self.decisions)
             self.decisions = decide_all(cfg, ledger, now)
+            self._basis = {
+                name: _basis(cfg, self._slices[name], ledger.get(name)) for name in self.decisions
+            }
             self._moving = {n for n, by in self.decisions.items() if _moves(by)}
             self.capped = {n for n, by in self.decisions.items() if _capped(by)}
             # Those that left the config too: what follows must forget them.
@@ -147,10 +163,19 @@ class DecisionCache:
             s, record = self._slices.get(name), ledger.get(name)
             if s is None or record is None:
                 self.decisions.pop(name, None)
+                self._basis.pop(name, None)
                 self._moving.discard(name)
                 self.capped.discard(name)
                 continue
-            by_class = self.decisions[name] = decide_slice(cfg, s, record, now)
+            old = self.decisions.get(name)
+            by_class = _still(old, self._basis.get(name), record)
+            if by_class is old:
+                continue  # every class's decision holds: nor do the flags change
+            self.decisions[name] = by_class = {
+                dclass: d if d is not None else decide_class(cfg, s, record, dclass, now)
+                for dclass, d in by_class.items()
+            }
+            self._basis[name] = _basis(cfg, s, record)
             for flag, members in (
                 (_moves(by_class), self._moving),
                 (_capped(by_class), self.capped),
@@ -160,6 +185,44 @@ class DecisionCache:
                 else:
                     members.discard(name)
         return names
+
+
+def _basis(cfg: Config, s: Slice, record: SliceRecord | None) -> tuple[Any, ...]:
+    """What a slice's decisions are taken at: ``(period_start, period_end, used bytes of
+    class 0, settled, used bytes of class 1, settled, ...)``; one flat tuple of numbers,
+    which the garbage collector stops tracking."""
+    assert record is not None
+    start, end = record.period_start, record.period_end
+    out: list[Any] = [start, end]
+    for dclass, c in enumerate(record.classes):
+        used = c.used_bytes
+        out += (used, policy.settled(s.quota(dclass), cfg.policy, used, start, end))
+    return tuple(out)
+
+
+def _still(
+    old: Mapping[int, Decision] | None, basis: tuple[Any, ...] | None, record: SliceRecord
+) -> Mapping[int, Decision | None]:
+    """``old`` itself when each of its decisions still holds for ``record``; else the
+    decisions that hold and None for each class to decide again."""
+    if (
+        old is None
+        or basis is None
+        or basis[0] != record.period_start
+        or basis[1] != record.period_end
+    ):
+        return dict.fromkeys(range(len(DCLASSES)))
+    out: dict[int, Decision | None] = {}
+    holds = True
+    for dclass, c in enumerate(record.classes):
+        d = old[dclass]
+        used, settled = basis[2 + 2 * dclass], basis[3 + 2 * dclass]
+        if d.moves or not (c.used_bytes == used or (settled and c.used_bytes >= used)):
+            out[dclass] = None
+            holds = False
+        else:
+            out[dclass] = d
+    return old if holds else out
 
 
 def _moves(by_class: Mapping[int, Decision]) -> bool:
