@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bwbpf import (
     config,
@@ -41,6 +41,7 @@ from bwbpf.shaper import Shaper
 from bwbpf.tree import desired_tree, leaf
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Decisions = dict[str, dict[int, Decision]]
 """``{slice name: {dclass: Decision}}`` for every configured slice the ledger knows."""
@@ -119,7 +120,7 @@ class DecisionCache:
     Of a changed slice, a class's decision is kept when it cannot have changed either: in
     the same period, a decision that does not move with time, taken at the same usage (the
     class sent nothing) or once the class had used up its period's bytes
-    (``policy.settled``: it stays as it is however much more the class sends). At 10,000
+    (``policy.settled_bytes``: it stays as it is however much more the class sends). At 10,000
     slices all sending past their limits that is no policy call at all, and no new
     decision objects."""
 
@@ -130,8 +131,7 @@ class DecisionCache:
         self._moving: set[str] = set()
         self._everything = True
         self._slices: dict[str, Slice] = {}
-        # What each slice's decisions were taken at (_basis): the period, and per class
-        # the used bytes and whether they were settled.
+        # What each slice's decisions were taken at and hold for (_basis).
         self._basis: dict[str, tuple[Any, ...]] = {}
 
     def reset(self) -> None:
@@ -146,13 +146,24 @@ class DecisionCache:
     def update(self, cfg: Config, ledger: Ledger, now: float) -> set[str]:
         """Bring the decisions up to ``now``; the names whose decisions were looked at
         again (taken again, or found to hold)."""
+        # Equal decisions (and bases) made in one update are one object (both immutable):
+        # 10,000 slices capped at one tick keep a few, not 20,000 and their reasons' text.
+        shared: dict[Any, Any] = {}
+
+        def share(value: T) -> T:
+            return shared.setdefault(value, value)
+
         if self._everything:
             self._everything = False
             self._slices = {s.name: s for s in cfg.all_slices()}
             before = set(self.decisions)
-            self.decisions = decide_all(cfg, ledger, now)
+            self.decisions = {
+                name: {dclass: share(d) for dclass, d in by_class.items()}
+                for name, by_class in decide_all(cfg, ledger, now).items()
+            }
             self._basis = {
-                name: _basis(cfg, self._slices[name], ledger.get(name)) for name in self.decisions
+                name: share(_basis(cfg, self._slices[name], ledger.get(name)))
+                for name in self.decisions
             }
             self._moving = {n for n, by in self.decisions.items() if _moves(by)}
             self.capped = {n for n, by in self.decisions.items() if _capped(by)}
@@ -172,10 +183,10 @@ class DecisionCache:
             if by_class is old:
                 continue  # every class's decision holds: nor do the flags change
             self.decisions[name] = by_class = {
-                dclass: d if d is not None else decide_class(cfg, s, record, dclass, now)
+                dclass: d if d is not None else share(decide_class(cfg, s, record, dclass, now))
                 for dclass, d in by_class.items()
             }
-            self._basis[name] = _basis(cfg, s, record)
+            self._basis[name] = share(_basis(cfg, s, record))
             for flag, members in (
                 (_moves(by_class), self._moving),
                 (_capped(by_class), self.capped),
@@ -188,15 +199,18 @@ class DecisionCache:
 
 
 def _basis(cfg: Config, s: Slice, record: SliceRecord | None) -> tuple[Any, ...]:
-    """What a slice's decisions are taken at: ``(period_start, period_end, used bytes of
-    class 0, settled, used bytes of class 1, settled, ...)``; one flat tuple of numbers,
-    which the garbage collector stops tracking."""
+    """What a slice's decisions are taken at, and so hold for: ``(period_start,
+    period_end, lo, hi, lo, hi, ...)``, per class the used bytes from ``lo`` to ``hi``
+    (None: no end). That is the usage the decision was taken at, or from what the period
+    allows on (``policy.settled_bytes``). A flat tuple of numbers: slices with equal ones
+    share it (DecisionCache.update), and the garbage collector stops tracking it."""
     assert record is not None
     start, end = record.period_start, record.period_end
     out: list[Any] = [start, end]
     for dclass, c in enumerate(record.classes):
         used = c.used_bytes
-        out += (used, policy.settled(s.quota(dclass), cfg.policy, used, start, end))
+        settled = policy.settled_bytes(s.quota(dclass), cfg.policy, start, end)
+        out += (settled, None) if used >= settled else (used, used)
     return tuple(out)
 
 
@@ -216,8 +230,9 @@ def _still(
     holds = True
     for dclass, c in enumerate(record.classes):
         d = old[dclass]
-        used, settled = basis[2 + 2 * dclass], basis[3 + 2 * dclass]
-        if d.moves or not (c.used_bytes == used or (settled and c.used_bytes >= used)):
+        lo, hi = basis[2 + 2 * dclass], basis[3 + 2 * dclass]
+        used = c.used_bytes
+        if d.moves or used < lo or (hi is not None and used > hi):
             out[dclass] = None
             holds = False
         else:
