@@ -325,11 +325,13 @@ class TickMeter:
         self._cpu = time.process_time()
         self._written = state.written_bytes()
 
+    def written_bytes(self) -> int:
+        """Bytes written to files since the tick began."""
+        return state.written_bytes() - self._written
+
     def done(self) -> TickCost:
         return TickCost(
-            time.monotonic() - self._wall,
-            time.process_time() - self._cpu,
-            state.written_bytes() - self._written,
+            time.monotonic() - self._wall, time.process_time() - self._cpu, self.written_bytes()
         )
 
 
@@ -521,6 +523,10 @@ class Daemon:
             self._guard(self._notify, decisions, now, redecided | self._mail_retry)
         # Metrics before status: a textfile that cannot be written shows in `bwbpf stat`.
         self._guard(self._export, now, decisions)
+        if meter.written_bytes() >= heap.TRIM_AFTER_BYTES:
+            # Before the status file, which tells readers the tick is done: the heap it
+            # leaves is the one they see.
+            heap.trim()
         self._guard(self._publish, now, decisions)
         capped = sorted(self._decider.capped)
         sd_notify(
@@ -528,8 +534,6 @@ class Daemon:
             + (f": {', '.join(capped[:5])}" if capped else "")
         )
         self.tick_cost = meter.done()
-        if self.tick_cost.written_bytes >= heap.TRIM_AFTER_BYTES:
-            heap.trim()
         return dict(decisions)
 
     def _account(self, now: float) -> None:
@@ -780,7 +784,8 @@ class Daemon:
         if settings.textfile is not None and now >= self._textfile_at:
             textfile = settings.textfile
             self._textfile_at = now + settings.textfile_interval_s
-        self.exporter.update(snap, textfile)
+        # Kept for scrapes only when there is a server to scrape.
+        self.exporter.update(snap, textfile, keep=self.exporter.serving)
 
     # -- reload and the loop --------------------------------------------------------------
 
