@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bwbpf import (
     config,
@@ -42,6 +42,7 @@ from bwbpf.shaper import Shaper
 from bwbpf.tree import desired_tree, leaf
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Decisions = dict[str, dict[int, Decision]]
 """``{slice name: {dclass: Decision}}`` for every configured slice the ledger knows."""
@@ -86,17 +87,19 @@ def readings(
 
 def decide_slice(cfg: Config, s: Slice, record: SliceRecord, now: float) -> dict[int, Decision]:
     """The policy's decision for both classes of one slice."""
-    return {
-        dclass: policy.decide(
-            s.quota(dclass),
-            cfg.policy,
-            record.classes[dclass].used_bytes,
-            record.period_start,
-            record.period_end,
-            now,
-        )
-        for dclass in range(len(DCLASSES))
-    }
+    return {dclass: decide_class(cfg, s, record, dclass, now) for dclass in range(len(DCLASSES))}
+
+
+def decide_class(cfg: Config, s: Slice, record: SliceRecord, dclass: int, now: float) -> Decision:
+    """The policy's decision for one class of one slice."""
+    return policy.decide(
+        s.quota(dclass),
+        cfg.policy,
+        record.classes[dclass].used_bytes,
+        record.period_start,
+        record.period_end,
+        now,
+    )
 
 
 def decide_all(cfg: Config, ledger: Ledger, now: float) -> Decisions:
@@ -113,7 +116,14 @@ class DecisionCache:
     """The decisions of every configured slice, taken again at a tick only where they can
     have changed: slices whose ledger record changed, and slices on the smooth policy's
     ramp, whose ceiling moves with time alone (``Decision.moves``). At 10,000 mostly idle
-    slices that is a few instead of 20,000 policy calls a tick."""
+    slices that is a few instead of 20,000 policy calls a tick.
+
+    Of a changed slice, a class's decision is kept when it cannot have changed either: in
+    the same period, a decision that does not move with time, taken at the same usage (the
+    class sent nothing) or once the class had used up its period's bytes
+    (``policy.settled_bytes``: it stays as it is however much more the class sends). At 10,000
+    slices all sending past their limits that is no policy call at all, and no new
+    decision objects."""
 
     def __init__(self) -> None:
         self.decisions: Decisions = {}
@@ -122,6 +132,8 @@ class DecisionCache:
         self._moving: set[str] = set()
         self._everything = True
         self._slices: dict[str, Slice] = {}
+        # What each slice's decisions were taken at and hold for (_basis).
+        self._basis: dict[str, tuple[Any, ...]] = {}
 
     def reset(self) -> None:
         """A new configuration: every decision is taken again at the next tick."""
@@ -133,12 +145,27 @@ class DecisionCache:
         return self._slices
 
     def update(self, cfg: Config, ledger: Ledger, now: float) -> set[str]:
-        """Bring the decisions up to ``now``; the names whose decisions were taken again."""
+        """Bring the decisions up to ``now``; the names whose decisions were looked at
+        again (taken again, or found to hold)."""
+        # Equal decisions (and bases) made in one update are one object (both immutable):
+        # 10,000 slices capped at one tick keep a few, not 20,000 and their reasons' text.
+        shared: dict[Any, Any] = {}
+
+        def share(value: T) -> T:
+            return shared.setdefault(value, value)
+
         if self._everything:
             self._everything = False
             self._slices = {s.name: s for s in cfg.all_slices()}
             before = set(self.decisions)
-            self.decisions = decide_all(cfg, ledger, now)
+            self.decisions = {
+                name: {dclass: share(d) for dclass, d in by_class.items()}
+                for name, by_class in decide_all(cfg, ledger, now).items()
+            }
+            self._basis = {
+                name: share(_basis(cfg, self._slices[name], ledger.get(name)))
+                for name in self.decisions
+            }
             self._moving = {n for n, by in self.decisions.items() if _moves(by)}
             self.capped = {n for n, by in self.decisions.items() if _capped(by)}
             # Those that left the config too: what follows must forget them.
@@ -148,10 +175,19 @@ class DecisionCache:
             s, record = self._slices.get(name), ledger.get(name)
             if s is None or record is None:
                 self.decisions.pop(name, None)
+                self._basis.pop(name, None)
                 self._moving.discard(name)
                 self.capped.discard(name)
                 continue
-            by_class = self.decisions[name] = decide_slice(cfg, s, record, now)
+            old = self.decisions.get(name)
+            by_class = _still(old, self._basis.get(name), record)
+            if by_class is old:
+                continue  # every class's decision holds: nor do the flags change
+            self.decisions[name] = by_class = {
+                dclass: d if d is not None else share(decide_class(cfg, s, record, dclass, now))
+                for dclass, d in by_class.items()
+            }
+            self._basis[name] = share(_basis(cfg, s, record))
             for flag, members in (
                 (_moves(by_class), self._moving),
                 (_capped(by_class), self.capped),
@@ -161,6 +197,48 @@ class DecisionCache:
                 else:
                     members.discard(name)
         return names
+
+
+def _basis(cfg: Config, s: Slice, record: SliceRecord | None) -> tuple[Any, ...]:
+    """What a slice's decisions are taken at, and so hold for: ``(period_start,
+    period_end, lo, hi, lo, hi, ...)``, per class the used bytes from ``lo`` to ``hi``
+    (None: no end). That is the usage the decision was taken at, or from what the period
+    allows on (``policy.settled_bytes``). A flat tuple of numbers: slices with equal ones
+    share it (DecisionCache.update), and the garbage collector stops tracking it."""
+    assert record is not None
+    start, end = record.period_start, record.period_end
+    out: list[Any] = [start, end]
+    for dclass, c in enumerate(record.classes):
+        used = c.used_bytes
+        settled = policy.settled_bytes(s.quota(dclass), cfg.policy, start, end)
+        out += (settled, None) if used >= settled else (used, used)
+    return tuple(out)
+
+
+def _still(
+    old: Mapping[int, Decision] | None, basis: tuple[Any, ...] | None, record: SliceRecord
+) -> Mapping[int, Decision | None]:
+    """``old`` itself when each of its decisions still holds for ``record``; else the
+    decisions that hold and None for each class to decide again."""
+    if (
+        old is None
+        or basis is None
+        or basis[0] != record.period_start
+        or basis[1] != record.period_end
+    ):
+        return dict.fromkeys(range(len(DCLASSES)))
+    out: dict[int, Decision | None] = {}
+    holds = True
+    for dclass, c in enumerate(record.classes):
+        d = old[dclass]
+        lo, hi = basis[2 + 2 * dclass], basis[3 + 2 * dclass]
+        used = c.used_bytes
+        if d.moves or used < lo or (hi is not None and used > hi):
+            out[dclass] = None
+            holds = False
+        else:
+            out[dclass] = d
+    return old if holds else out
 
 
 def _moves(by_class: Mapping[int, Decision]) -> bool:
@@ -248,11 +326,13 @@ class TickMeter:
         self._cpu = time.process_time()
         self._written = state.written_bytes()
 
+    def written_bytes(self) -> int:
+        """Bytes written to files since the tick began."""
+        return state.written_bytes() - self._written
+
     def done(self) -> TickCost:
         return TickCost(
-            time.monotonic() - self._wall,
-            time.process_time() - self._cpu,
-            state.written_bytes() - self._written,
+            time.monotonic() - self._wall, time.process_time() - self._cpu, self.written_bytes()
         )
 
 
@@ -448,6 +528,10 @@ class Daemon:
             self._guard(self._notify, decisions, now, redecided | self._mail_retry)
         # Metrics before status: a textfile that cannot be written shows in `bwbpf stat`.
         self._guard(self._export, now, decisions)
+        if meter.written_bytes() >= heap.TRIM_AFTER_BYTES:
+            # Before the status file, which tells readers the tick is done: the heap it
+            # leaves is the one they see.
+            heap.trim()
         self._guard(self._publish, now, decisions)
         capped = sorted(self._decider.capped)
         sd_notify(
@@ -455,8 +539,6 @@ class Daemon:
             + (f": {', '.join(capped[:5])}" if capped else "")
         )
         self.tick_cost = meter.done()
-        if self.tick_cost.written_bytes >= heap.TRIM_AFTER_BYTES:
-            heap.trim()
         return dict(decisions)
 
     def _account(self, now: float) -> None:
@@ -719,7 +801,8 @@ class Daemon:
         if settings.textfile is not None and now >= self._textfile_at:
             textfile = settings.textfile
             self._textfile_at = now + settings.textfile_interval_s
-        self.exporter.update(snap, textfile)
+        # Kept for scrapes only when there is a server to scrape.
+        self.exporter.update(snap, textfile, keep=self.exporter.serving)
 
     # -- reload and the loop --------------------------------------------------------------
 

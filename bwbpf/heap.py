@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import pickle
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Worth a malloc_trim: a tick that wrote this much made and dropped as much in strings.
 TRIM_AFTER_BYTES = 1 << 20
@@ -19,6 +24,17 @@ def freeze() -> None:
     gc.collect()
     gc.freeze()
     trim()  # the start's or reload's garbage: the parsed TOML, the state file's JSON
+
+
+def packed(make: Callable[[], T]) -> T:
+    """What ``make()`` returns, made again in one go (a pickle round trip in memory) after
+    the original is freed. A parse leaves the objects it keeps strewn among the garbage it
+    made (at 10,000 slices the TOML's tables, ~25 MB at once), so after it every one of
+    pymalloc's 1 MiB arenas it used holds a few of them and none goes back to the kernel;
+    the copy packs them into few arenas and the parse's are given back. At 10,000 slices
+    the config held 25 arenas parsed, 15 packed (10 MB less resident), for ~30 ms."""
+    data = pickle.dumps(make(), protocol=pickle.HIGHEST_PROTOCOL)  # the original goes here
+    return pickle.loads(data)  # our own bytes, made just above
 
 
 def _malloc_trim() -> ctypes._CFuncPtr | None:

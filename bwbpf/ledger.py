@@ -36,7 +36,9 @@ a slice absent from the readings is dead.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from json.encoder import encode_basestring_ascii as encode_json_string
 from typing import Any, NamedTuple
 
 from bwbpf.limits import DCLASSES
@@ -78,6 +80,10 @@ class ClassRecord(NamedTuple):
     capped: bool = False
     # The ceiling last applied to the class, None before the daemon set one.
     ceil_bps: int | None = None
+
+
+# A class that has sent nothing and has no baseline yet (shared: records are immutable).
+_NO_USAGE = ClassRecord()
 
 
 class SliceRecord(NamedTuple):
@@ -207,14 +213,15 @@ class Ledger:
         restarted: bool,
         previous: float | None,
     ) -> SliceRecord:
-        # The part of the time since the last reading that lies in this period.
-        share = (1.0, 1.0)
+        # The part of the time since the last reading that lies in this period; None when
+        # all of it does (the common case: no rollover since the last reading).
+        share: tuple[float, float] | None = None
         # Records are made with their constructors, not replaced field by field: at 10,000
         # slices sending, dataclasses.replace() took more than half of the ledger's tick.
         if record is None:
             start, end = periods(name, None)
             notified = False
-            classes = [ClassRecord() for _ in DCLASSES]
+            classes = [_NO_USAGE] * len(DCLASSES)
         else:
             start, end = periods(name, record.period_start)
             notified = record.notified
@@ -231,16 +238,22 @@ class Ledger:
                 classes = [ClassRecord(0, 0, c.last, False, c.ceil_bps) for c in classes]
                 notified = False
         for dclass, reading in by_class:
-            current = (reading[0], reading[1])
             old = classes[dclass]
+            if not restarted and old.last == reading:
+                # Nothing sent: the class's record stays, the same object (at 10,000 slices
+                # sending in one class only, 10,000 fewer made and kept a tick).
+                continue
+            # A tuple is kept as it is (immutable); a list is copied.
+            current = reading if isinstance(reading, tuple) else (reading[0], reading[1])
             base = (0, 0) if restarted else old.last
             grown = (0, 0) if base is None else delta(base, current)
+            if share is None:
+                used_bytes, used_packets = old.used_bytes + grown[0], old.used_packets + grown[1]
+            else:
+                used_bytes = old.used_bytes + _part(grown[0], share)
+                used_packets = old.used_packets + _part(grown[1], share)
             classes[dclass] = ClassRecord(
-                old.used_bytes + _part(grown[0], share),
-                old.used_packets + _part(grown[1], share),
-                current,
-                old.capped,
-                old.ceil_bps,
+                used_bytes, used_packets, current, old.capped, old.ceil_bps
             )
         return SliceRecord(name, start, end, True, notified, now, tuple(classes))
 
@@ -307,6 +320,12 @@ class Ledger:
         """Each slice as ``to_dict`` writes it, by name, made one at a time."""
         for name, record in sorted(self._slices.items()):
             yield name, _slice_dict(record)
+
+    def slice_lines(self) -> Iterator[str]:
+        """Each slice as the member ``"name":{...}`` of the ``slices`` object of
+        ``to_dict``, in compact JSON with sorted keys (``slice_json``), by name."""
+        for name, record in sorted(self._slices.items()):
+            yield f"{encode_json_string(name)}:{slice_json(record)}"
 
     def top_dict(self) -> dict[str, Any]:
         """The ledger's own fields, without the slices (a journal entry carries them)."""
@@ -431,6 +450,55 @@ def _slice_dict(r: SliceRecord) -> dict[str, Any]:
             "ceil_bps": c.ceil_bps,
         }
     return out
+
+
+# _slice_dict as JSON text, made directly (slice_json). Keys in sorted order, as
+# json.dumps(sort_keys=True) writes them; the classes' keys are sorted as written here.
+_CLASS_JSON = '{"capped":%s,"ceil_bps":%s,"last":%s,"used_bytes":%d,"used_packets":%d}'
+_SLICE_FIELDS = ("period_start", "period_end", "live", "notified", "read_at", *DCLASSES)
+_SLICE_ORDER = sorted(_SLICE_FIELDS)
+_SLICE_JSON = "{" + ",".join(f"{encode_json_string(k)}:%s" for k in _SLICE_ORDER) + "}"
+# From the order slice_json lists the values in to the sorted order of the keys.
+_SORTED = operator.itemgetter(*(_SLICE_FIELDS.index(k) for k in _SLICE_ORDER))
+_JSON_BOOL = {True: "true", False: "false"}
+_FLOAT_REPR = float.__repr__
+
+
+def slice_json(r: SliceRecord) -> str:
+    """``_slice_dict(r)`` as compact JSON with sorted keys, the text json.dumps(...,
+    sort_keys=True, separators=(",", ":"), allow_nan=False) makes of it, written without
+    the dict: at 10,000 slices the dicts and json's encoder took 70 ms a snapshot, this
+    28 ms. ValueError for a time that is not finite, as json says it."""
+    return _SLICE_JSON % _SORTED(
+        (
+            _json_time(r.period_start),
+            _json_time(r.period_end),
+            _JSON_BOOL[r.live],
+            _JSON_BOOL[r.notified],
+            _json_time(r.read_at),
+            *map(_class_json, r.classes),
+        )
+    )
+
+
+def _class_json(c: ClassRecord) -> str:
+    last, ceil = c.last, c.ceil_bps
+    return _CLASS_JSON % (
+        _JSON_BOOL[c.capped],
+        "null" if ceil is None else f"{ceil:d}",
+        "null" if last is None else f"[{last[0]:d},{last[1]:d}]",
+        c.used_bytes,
+        c.used_packets,
+    )
+
+
+def _json_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "null"
+    if not -math.inf < seconds < math.inf:  # NaN compares false too
+        raise ValueError(f"Out of range float values are not JSON compliant: {seconds!r}")
+    # json writes a float as its repr, an int as an int.
+    return _FLOAT_REPR(seconds) if isinstance(seconds, float) else f"{seconds:d}"
 
 
 def _slice_record(

@@ -68,6 +68,19 @@ def threshold_bytes(quota: ClassQuota, policy: str, period_start: float, period_
     return quota.threshold_bytes
 
 
+def settled_bytes(quota: ClassQuota, policy: str, period_start: float, period_end: float) -> int:
+    """The usage from which the class has used up what the period allows: from there on
+    ``decide`` returns one and the same decision, whatever more the class sends and at any
+    time, until the period (or the quota) changes. Usage only grows within a period, so
+    such a decision need not be taken again while the class keeps sending
+    (daemon.DecisionCache)."""
+    if policy == "average":
+        return byte_limit(quota, policy, period_start, period_end)
+    _check_policy(policy)
+    # decide() looks at the threshold first: past the limit counts only past both.
+    return max(quota.limit_bytes, quota.threshold_bytes)
+
+
 def decide(
     quota: ClassQuota,
     policy: str,

@@ -165,6 +165,17 @@ def test_ten_thousand_slices_load() -> None:
     )
     cfg = config.parse('[node]\ninterface = "lo"\n' + many)
     assert len(cfg.slices) == 10_000
+    # Equal quotas are one object each (the daemon's memory at 10,000 slices).
+    assert len({id(s.normal) for s in cfg.all_slices()}) == 1
+    assert len({id(s.exempt) for s in cfg.all_slices()}) == 1
+
+
+def test_equal_quotas_are_shared_and_others_are_not() -> None:
+    cfg = config.parse(BASE + '[[slice]]\nname = "carol"\nid = 7\nmatch = { mark = 7 }\n')
+    alice, bob, carol = cfg.slices
+    assert bob.normal is carol.normal and bob.normal == cfg.default_slice.normal
+    assert alice.normal is not bob.normal and bob.exempt is not carol.exempt
+    assert carol.exempt is cfg.default_slice.exempt
 
 
 def test_exempt_files(tmp_path: Path) -> None:

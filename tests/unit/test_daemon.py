@@ -162,6 +162,31 @@ def test_decision_cache_agrees_with_deciding_everything(tmp_path: Path) -> None:
         )
 
 
+def test_decisions_that_hold_are_kept_not_taken_again(cfg: config.Config) -> None:
+    """alice past her normal limit keeps sending: her decisions stay the same objects (no
+    policy call), yet she is among the names looked at; bob's traffic below the threshold
+    is decided again; a new period decides alice again."""
+    ledger, cache = Ledger(), daemon.DecisionCache()
+    account(cfg, ledger, T0, {})
+    cache.update(cfg, ledger, T0)
+    account(cfg, ledger, T0 + 10, {5: (U(11_000_000, 11), U(0, 0))})
+    cache.update(cfg, ledger, T0 + 10)
+    alice, bob = cache.decisions["alice"], cache.decisions["bob"]
+    assert alice[NORMAL].capped and alice[NORMAL].ceil_bps == 8
+    for i, now in enumerate((T0 + 11, T0 + 12, T0 + 500), 1):
+        account(cfg, ledger, now, {5: (U(11_000_000 + i, 11 + i), U(0, 0)), 6: (U(i, i), U(0, 0))})
+        assert cache.update(cfg, ledger, now) == {"alice", "bob"}
+        assert cache.decisions["alice"] is alice
+        assert cache.decisions["bob"] is not bob
+        bob = cache.decisions["bob"]
+        assert cache.decisions == daemon.decide_all(cfg, ledger, now)
+    account(cfg, ledger, T0 + 1001, {5: (U(11_000_100, 20), U(0, 0))})  # the period rolled
+    cache.update(cfg, ledger, T0 + 1001)
+    assert not cache.decisions["alice"][NORMAL].capped
+    assert cache.decisions == daemon.decide_all(cfg, ledger, T0 + 1001)
+    assert cache.capped == set()
+
+
 def test_recorded_ceilings_come_from_the_ledger(cfg: config.Config) -> None:
     ledger = capped_alice(cfg)
     assert daemon.recorded_ceilings(cfg, ledger) == {}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
 
-from bwbpf import heap
+from bwbpf import config, heap
 
 
 def rss_kb() -> int:
@@ -34,3 +37,36 @@ def test_freeze_leaves_what_exists_out_of_collections() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@dataclass
+class _Made:
+    slices: list[tuple[int, str]]
+
+
+def test_packed_is_an_equal_copy_and_the_original_is_gone() -> None:
+    originals: list[weakref.ref[_Made]] = []
+
+    def make() -> _Made:
+        value = _Made([(i, f"s{i}") for i in range(1000)])
+        originals.append(weakref.ref(value))
+        return value
+
+    packed = heap.packed(make)
+    assert packed == _Made([(i, f"s{i}") for i in range(1000)])
+    assert originals[0]() is None
+
+
+def test_packed_config_is_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "bwbpf.toml"
+    path.write_text(
+        '[node]\ninterface = "lo"\n[exempt]\nprefixes = ["192.0.2.0/24"]\n'
+        '[notify]\nsmtp = "localhost:25"\noperator = "ops@example.org"\n'
+        + "".join(
+            f'[[slice]]\nname = "s{i}"\nid = {i}\nmatch = {{ mark = {i} }}\n' for i in range(1, 50)
+        )
+    )
+    cfg = config.parse(path.read_text(), str(path), check_interface=False)
+    packed = config.load(path, check_interface=False)  # packed
+    assert packed == cfg and packed.warnings == cfg.warnings and packed.sources == cfg.sources
+    assert packed.slices[3].quota(0) is packed.slices[4].quota(0)  # still shared

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from bwbpf.config import Period
-from bwbpf.ledger import ClassRecord, Ledger, Reading, SliceRecord, delta
+from bwbpf.ledger import ClassRecord, Ledger, Reading, SliceRecord, _slice_dict, delta, slice_json
 from bwbpf.periods import current_period
 
 NORMAL, EXEMPT = 0, 1
@@ -511,3 +512,51 @@ def _garbage(path: str, value: Any) -> dict[str, Any]:
 def test_from_dict_rejects_garbage(data: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Ledger.from_dict(data)
+
+
+_RECORDS = [
+    SliceRecord(
+        "alice",
+        1704164645.0,
+        1704251045.0,
+        True,
+        False,
+        1704164700.25,
+        (ClassRecord(4000, 4, (4100, 5), True, 8000), ClassRecord()),
+    ),
+    SliceRecord(
+        "bob",
+        1704164645,
+        1704251045,
+        False,
+        True,
+        None,
+        (ClassRecord(2**63 - 1, 0, None, False, None), ClassRecord(1, 2, (3, 4), True, 1)),
+    ),
+    SliceRecord("carol", 1.5e-7, 1e300, True, True, 0.1, (ClassRecord(), ClassRecord())),
+]
+
+
+@pytest.mark.parametrize("record", _RECORDS, ids=lambda r: r.name)
+def test_slice_json_is_what_json_makes_of_the_slice_dict(record: SliceRecord) -> None:
+    expected = json.dumps(
+        _slice_dict(record), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+    assert slice_json(record) == expected
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_slice_json_refuses_what_json_cannot_hold(bad: float) -> None:
+    record = _RECORDS[0]._replace(read_at=bad)
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        slice_json(record)
+
+
+def test_slice_lines_are_the_members_of_the_slices_object() -> None:
+    ledger = Ledger()
+    ledger.apply({}, {r.name: _slice_dict(r) for r in _RECORDS[::-1]}, [])
+    ledger.apply({}, {'d\u00e9j\u00e0 "vu"': _slice_dict(_RECORDS[0])}, [])
+    text = "{" + ",".join(ledger.slice_lines()) + "}"
+    assert json.loads(text) == ledger.to_dict()["slices"]
+    assert list(json.loads(text)) == sorted(ledger.to_dict()["slices"])
+    assert text.isascii()

@@ -316,6 +316,21 @@ def test_many_slices_are_rendered_and_written_in_pieces(tmp_path: Path) -> None:
         assert exporter.render() == text
 
 
+def test_a_snapshot_not_kept_is_written_then_dropped(tmp_path: Path) -> None:
+    """A daemon that serves no scrapes keeps no snapshot (nor the ledger records in it)
+    after writing the textfile."""
+    snap = metrics.Snapshot("lo", 10, T0, 0.0, problems=3)
+    path = tmp_path / "bwbpf-lo.prom"
+    exporter = metrics.Exporter("lo")
+    assert not exporter.serving
+    exporter.update(snap, str(path), keep=False)
+    assert path.read_bytes() == metrics.render(snap, "lo")
+    assert exporter.render() == metrics.render(None, "lo")
+    with metrics.Exporter("lo") as served:
+        served.serve(config.Metrics("127.0.0.1", free_port(), None))
+        assert served.serving
+
+
 def test_textfile_that_cannot_be_written_is_an_error(tmp_path: Path) -> None:
     exporter = metrics.Exporter("lo")
     with pytest.raises(Error, match=r"metrics: cannot write .*missing/bwbpf.prom"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bwbpf.config import ClassQuota
-from bwbpf.policy import Decision, byte_limit, decide
+from bwbpf.policy import Decision, byte_limit, decide, settled_bytes
 
 HOUR = 3600
 # A 1000 s period from 0 to 1000 keeps the arithmetic readable.
@@ -179,3 +179,35 @@ def test_byte_limit(
 def test_invalid(policy: str, used: int, start: float, end: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         decide(Q, policy, used, start, end, 0.0)
+
+
+Q_THRESHOLD_ABOVE_LIMIT = ClassQuota(10_000_000, 12_000_000, 8, MAX, 80_000)
+
+
+@pytest.mark.parametrize(
+    ("quota", "policy", "expected"),
+    [
+        pytest.param(Q, "smooth", 10_000_000, id="smooth-limit"),
+        pytest.param(Q_THRESHOLD_ABOVE_LIMIT, "smooth", 12_000_000, id="smooth-past-both"),
+        pytest.param(Q, "average", 10_000_000, id="average-budget"),
+        pytest.param(Q_AVG_ABOVE_MAX, "average", 250_000_000, id="average-budget-above"),
+    ],
+)
+def test_settled_bytes(quota: ClassQuota, policy: str, expected: int) -> None:
+    assert settled_bytes(quota, policy, START, END) == expected
+
+
+@pytest.mark.parametrize("policy", ["smooth", "average"])
+@pytest.mark.parametrize("quota", [Q, Q_MIN, Q_AVG_ABOVE_MAX, Q_THRESHOLD_ABOVE_LIMIT])
+def test_a_settled_decision_holds_for_more_usage_at_any_time(
+    quota: ClassQuota, policy: str
+) -> None:
+    """What DecisionCache relies on to keep a decision while the class keeps sending; one
+    byte less is another decision."""
+    used = settled_bytes(quota, policy, START, END)
+    first = decide(quota, policy, used, START, END, 10.0)
+    assert not first.moves
+    assert decide(quota, policy, used - 1, START, END, 10.0) != first
+    for more in (0, 1, 10**6, 10**12):
+        for now in (-5.0 * HOUR, 0.0, 500.0, 999.5, 1000.0 + HOUR):
+            assert decide(quota, policy, used + more, START, END, now) == first

@@ -100,6 +100,53 @@ def test_failed_save_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert [p.name for p in tmp_path.iterdir()] == ["ledger.json"]
 
 
+def test_a_time_json_cannot_hold_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    save_state(str(path), "eth0", sample(), now=NOW)
+    before = path.read_bytes()
+    ledger = sample()
+    record = ledger.get("alice")
+    assert record is not None
+    ledger._slices["alice"] = record._replace(read_at=float("nan"))
+    with pytest.raises(Error, match=r"^cannot write state file .*: Out of range float values"):
+        save_state(str(path), "eth0", ledger, now=NOW)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ledger.json"]
+
+
+def _previous_snapshot_text(ledger: Ledger, journal: str) -> str:
+    """A snapshot as bwbpf wrote it before its slices' JSON was made directly: json's
+    encoder on each slice's dict, a slice a line."""
+
+    def encode(value: object) -> str:
+        return json.dumps(value, sort_keys=True, allow_nan=False, separators=(",", ":"))
+
+    here = "\0slices\0"
+    document = {
+        "version": STATE_VERSION,
+        "interface": "eth0",
+        "saved_at": NOW,
+        "ledger": {**ledger.top_dict(), "slices": here},
+        "journal": journal,
+    }
+    before, after = encode(document).split(encode(here))
+    lines = [encode({name: v})[1:-1] for name, v in ledger.slice_dicts()]
+    return before + "{\n" + ",\n".join(lines) + "\n}" + after + "\n"
+
+
+@pytest.mark.parametrize("slices", [0, 1, 700])
+def test_snapshot_text_is_as_the_previous_version_wrote_it(tmp_path: Path, slices: int) -> None:
+    """Byte for byte (several pieces of SNAPSHOT_CHUNK_SLICES, or none): a file written
+    now reads as before, also by an older bwbpf."""
+    alice = sample().to_dict()["slices"]["alice"]
+    ledger = Ledger()
+    ledger.apply({}, {f"s{i}": alice for i in range(slices)}, [])
+    path = tmp_path / "ledger.json"
+    save_state(str(path), "eth0", ledger, now=NOW, journal="j")
+    assert path.read_text() == _previous_snapshot_text(ledger, "j")
+    assert load_state(str(path), "eth0")[0] == ledger
+
+
 def test_unwritable_location_is_an_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
