@@ -750,8 +750,9 @@ class Daemon:
             "problems": problems,
             "uncounted_bytes": self.uncounted_bytes,
         }
-        # A copy of the records: the ledger replaces them, never changes one.
-        self.stat_server.update(statserver.TickView(self.cfg, self.ledger.records(), summary))
+        # The ledger's own records, not a copy: a copy would keep this tick's records
+        # alive through the next tick's update (~9 MB at 10,000 slices all sending).
+        self.stat_server.update(statserver.TickView(self.cfg, self.ledger.live_records(), summary))
 
     def _problems(self) -> list[str]:
         return (
@@ -864,6 +865,7 @@ class Daemon:
         pending HUPs are one reload). An unexpected exception at start is one line
         (``bwbpf.Error``); after that, nothing but a signal ends the loop."""
         self.signals.install((signal.SIGHUP, signal.SIGTERM, signal.SIGINT))
+        heap.one_arena()  # before the server threads start
         try:
             try:
                 self.start()

@@ -39,6 +39,7 @@ import math
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from json.encoder import encode_basestring_ascii as encode_json_string
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from bwbpf.limits import DCLASSES
@@ -266,6 +267,13 @@ class Ledger:
     def records(self) -> dict[str, SliceRecord]:
         """Every slice's record, as of now: a copy, which later updates do not change."""
         return dict(self._slices)
+
+    def live_records(self) -> Mapping[str, SliceRecord]:
+        """Every slice's record, read-only, following the ledger: a lookup finds the record
+        of the last update that touched the slice. Holds no record the ledger let go of
+        (unlike ``records``); safe to look up from another thread, whose lookups see each
+        record whole (records are replaced, never changed)."""
+        return MappingProxyType(self._slices)
 
     def get(self, name: str) -> SliceRecord | None:
         """A slice's record (immutable), or None if the ledger does not know it."""

@@ -40,7 +40,9 @@ MAX_REQUEST = 256
 
 
 class TickView(NamedTuple):
-    """What the daemon knew at its last tick, handed over whole (nothing in it changes)."""
+    """What the daemon knew at its last tick: its config and status, and the ledger's
+    records (``Ledger.live_records``: an answer made while a tick runs may show some
+    slices as of that tick, each of them whole)."""
 
     cfg: Config
     records: Mapping[str, SliceRecord]
