@@ -13,8 +13,9 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import Any, Protocol, TypeVar
 
 from bwbpf import (
@@ -32,10 +33,11 @@ from bwbpf import (
     status,
 )
 from bwbpf.clock import AccountingClock, describe_offset
-from bwbpf.config import Config, Slice
 from bwbpf.errors import ConfigError, Error, one_line
 from bwbpf.ledger import MAX_COUNT, Ledger, Reading, SliceRecord
+from bwbpf.lifecycle import sd_notify
 from bwbpf.limits import DCLASSES
+from bwbpf.model import Config, Notify, Slice
 from bwbpf.notify import CappedClass
 from bwbpf.policy import Decision
 from bwbpf.shaper import Shaper
@@ -339,24 +341,6 @@ class TickMeter:
 # -- systemd --------------------------------------------------------------------------------
 
 
-def sd_notify(message: str) -> bool:
-    """Send ``message`` (``READY=1``, ``STATUS=...``, ``WATCHDOG=1``) to systemd, as
-    sd_notify(3) does; without ``$NOTIFY_SOCKET`` (not under systemd) do nothing."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):  # an abstract socket
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as exc:
-        log.debug("sd_notify %s: %s", address, exc)
-        return False
-    return True
-
-
 # -- the daemon -----------------------------------------------------------------------------
 
 
@@ -370,9 +354,15 @@ class Daemon:
         dry_run: bool = False,
         clock: AccountingClock | None = None,
         take_over: bool = False,
+        counters: Callable[[str], datapath.Counters] = datapath.Counters,
+        mailer: Callable[[EmailMessage, Notify], None] = notify.send,
     ) -> None:
+        """``counters`` opens the counters pinned in a directory, ``mailer`` sends one
+        mail: the kernel and SMTP, unless a test gives others."""
         self.cfg = cfg
         self.dry_run = dry_run
+        self._open_counters = counters
+        self._send_mail = mailer
         # Replace another bwbpf's classifier at the first install (only then).
         self._take_over = take_over
         # Set while another bwbpf owns the interface: this daemon then shapes nothing.
@@ -493,7 +483,7 @@ class Daemon:
         if self._counters is not None:
             self._counters.close()
             self._counters = None
-        self._counters = datapath.Counters(self.cfg.pin_dir)
+        self._counters = self._open_counters(self.cfg.pin_dir)
         generation = self._counters.generation
         if self.ledger.counters_generation != generation:
             # Maps this ledger never read from (made by `bwbpf up` after a reboot, say, or
@@ -701,7 +691,7 @@ class Daemon:
                 if not notify.recipients(notify_cfg, name):
                     continue  # the default slice with no operator: nobody to tell
                 message = notify.compose(notify_cfg, name, self.hostname, capped, start, end, now)
-                notify.send(message, notify_cfg)
+                self._send_mail(message, notify_cfg)
             except Error as exc:
                 log.error("mail about slice %s: %s; trying again next tick", name, exc)
                 self.tick_problems.append(f"mail about slice {name}: {exc}")

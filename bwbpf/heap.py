@@ -70,4 +70,3 @@ def one_arena() -> None:
     except (AttributeError, OSError):
         return
     mallopt(_M_ARENA_MAX, 1)
-

@@ -1,6 +1,6 @@
 """What a long-running daemon needs around its work: the interface's lock file, a check that
-the state directory can be written before anything is installed, and signals delivered
-through a self-pipe (docs/conventions.md, rule 3).
+the state directory can be written before anything is installed, signals delivered
+through a self-pipe (docs/conventions.md, rule 3), and its messages to systemd.
 
 Every failure here is one line (``bwbpf.Error``), never a traceback.
 """
@@ -10,15 +10,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import secrets
 import select
 import signal
+import socket
 import stat
 from collections.abc import Iterable
 from typing import Any
 
 from bwbpf.errors import Error
+
+log = logging.getLogger(__name__)
 
 # Bytes the start-up probe writes: a page, as the filesystem allocates them. A state
 # directory with less room than that cannot hold a state file either.
@@ -167,3 +171,24 @@ class SignalPipe:
         for fd in fds:
             if fd is not None:
                 os.close(fd)
+
+
+# -- systemd --------------------------------------------------------------------------------
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` (``READY=1``, ``STATUS=...``, ``WATCHDOG=1``) to systemd, as
+    sd_notify(3) does; without ``$NOTIFY_SOCKET`` (not under systemd) do nothing."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.debug("sd_notify %s: %s", address, exc)
+        return False
+    return True

@@ -267,7 +267,7 @@ def test_status_write_failure_is_one_error(tmp_path: Path) -> None:
 
 def test_sd_notify_is_a_no_op_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert daemon.sd_notify("READY=1") is False
+    assert lifecycle.sd_notify("READY=1") is False
 
 
 def test_sd_notify_sends_a_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,7 +275,7 @@ def test_sd_notify_sends_a_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(path)
         monkeypatch.setenv("NOTIFY_SOCKET", path)
-        assert daemon.sd_notify("READY=1\nSTATUS=ok") is True
+        assert lifecycle.sd_notify("READY=1\nSTATUS=ok") is True
         assert sock.recv(100) == b"READY=1\nSTATUS=ok"
 
 
@@ -538,8 +538,7 @@ class FakeCounters:
 def test_an_unexpected_exception_in_a_tick_step_is_one_line(
     cfg: config.Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    d = daemon.Daemon(cfg, dry_run=True)
-    d._counters = FakeCounters()  # type: ignore[assignment]
+    d = daemon.Daemon(cfg, dry_run=True, counters=lambda _pin_dir: FakeCounters())  # type: ignore[arg-type,return-value]
 
     def denied(*_a: Any, **_k: Any) -> None:
         raise PermissionError(errno.EACCES, "Permission denied", "/x/lo.status.json")

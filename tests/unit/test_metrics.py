@@ -60,6 +60,8 @@ class U:
 class FakeCounters:
     """Stands in for datapath.Counters: the daemon's kernel calls, without a kernel."""
 
+    generation = "fake"
+
     def __init__(self) -> None:
         self.raw: dict[int, tuple[U, U]] = {}
         self.errs = dict.fromkeys(ERROR_REASONS, 0)
@@ -416,12 +418,10 @@ def test_daemon_publishes_each_tick(tmp_path: Path) -> None:
     cfg = make_config(
         tmp_path, metrics_toml=f'[metrics]\nlisten = "127.0.0.1:{port}"\ntextfile = "{textfile}"'
     )
-    d = daemon.Daemon(cfg, dry_run=True)
     counters = FakeCounters()
+    d = daemon.Daemon(cfg, dry_run=True, counters=lambda _pin_dir: counters)  # type: ignore[arg-type,return-value]
     try:
         d.start()
-        d._counters = counters  # type: ignore[assignment]
-        d.ledger.counters_restarted()
         counters.raw = {5: (U(4242, 7), U(0, 0))}
         counters.errs["truncated"] = 11
         d.tick(T0)
@@ -454,10 +454,9 @@ def test_daemon_publishes_each_tick(tmp_path: Path) -> None:
 def test_daemon_without_metrics_section_serves_nothing(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, metrics_toml="")
     assert cfg.metrics is None
-    d = daemon.Daemon(cfg, dry_run=True)
+    d = daemon.Daemon(cfg, dry_run=True, counters=lambda _pin_dir: FakeCounters())  # type: ignore[arg-type,return-value]
     try:
         d.start()
-        d._counters = FakeCounters()  # type: ignore[assignment]
         d.tick(T0)
         assert d.exporter.address is None
         assert d.exporter.render() == metrics.render(None, "lo")  # no tick published
