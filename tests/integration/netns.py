@@ -21,6 +21,7 @@ from pathlib import Path
 from bwbpf import classid, config, datapath, limits, status
 from bwbpf.shaper import Shaper, installed_rate
 from tests.conftest import unique
+from tests.helpers import read_json, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BWBPF = str(Path(sys.executable).parent / "bwbpf")
@@ -324,3 +325,15 @@ def wait_status(
                 return st
         assert time.monotonic() < deadline, f"{slice_name}: ledger usage {got}, expected {expected}"
         time.sleep(0.3)
+
+
+def wait_tick(state_dir: Path, interface: str, pid: int, after: float) -> None:
+    """Until the status file shows a tick of daemon ``pid`` later than ``after`` (epoch
+    seconds; 0: its first), bounded like a first tick (it may compile)."""
+    path = state_dir / f"{interface}.status.json"
+
+    def ticked() -> bool:
+        doc = read_json(path)
+        return bool(doc and doc["pid"] == pid and doc["last_tick"] > after)
+
+    wait_for("a daemon tick", ticked, timeout=FIRST_TICK_S)

@@ -16,8 +16,8 @@ import pytest
 
 from bwbpf import datapath
 from tests.conftest import unique
-from tests.helpers import read_json, stop, wait_for
-from tests.integration.netns import FIRST_TICK_S, Topology, sh
+from tests.helpers import stop, wait_for
+from tests.integration.netns import FIRST_TICK_S, Topology, sh, wait_tick
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -60,13 +60,7 @@ class Env:
         return [(s, src[s]) for s in slices]
 
     def wait_tick(self, pid: int, after: float) -> None:
-        status = self.state_dir / f"{self.topo.veth_a}.status.json"
-
-        def ticked() -> bool:
-            doc = read_json(status)
-            return bool(doc and doc["pid"] == pid and doc["last_tick"] > after)
-
-        wait_for("a daemon tick", ticked, timeout=FIRST_TICK_S)
+        wait_tick(self.state_dir, self.topo.veth_a, pid, after)
 
     def usage(self, name: str) -> int:
         doc = self.topo.stat(self.config)

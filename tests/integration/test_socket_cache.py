@@ -19,8 +19,8 @@ import pytest
 
 from bwbpf import bpfsys, datapath, layout
 from tests.conftest import unique
-from tests.helpers import read_json, stop, wait_for
-from tests.integration.netns import FIRST_TICK_S, REPO, Topology
+from tests.helpers import stop, wait_for
+from tests.integration.netns import FIRST_TICK_S, REPO, Topology, wait_tick
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -112,13 +112,7 @@ match = {{ cgroup = "{self.cgroup}" }}
         return bpfsys.obj_get(datapath.generation_pin(self.pin_dir, name, prog_id))
 
     def wait_tick(self, pid: int, after: float) -> None:
-        path = self.state_dir / f"{self.topo.veth_a}.status.json"
-
-        def ticked() -> bool:
-            doc = read_json(path)
-            return bool(doc and doc["pid"] == pid and doc["last_tick"] > after)
-
-        wait_for("a daemon tick", ticked, timeout=FIRST_TICK_S)
+        wait_tick(self.state_dir, self.topo.veth_a, pid, after)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from bwbpf import config, statsocket
 from tests.conftest import unique
 from tests.helpers import read_json, stop, wait_for
-from tests.integration.netns import FIRST_TICK_S, Topology, sh
+from tests.integration.netns import FIRST_TICK_S, Topology, sh, wait_tick
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -63,13 +63,7 @@ class Env:
         return self.python(ASK).strip() == "True"
 
     def wait_tick(self, pid: int, after: float) -> None:
-        path = self.state_dir / f"{self.topo.veth_a}.status.json"
-
-        def ticked() -> bool:
-            doc = read_json(path)
-            return bool(doc and doc["pid"] == pid and doc["last_tick"] > after)
-
-        wait_for("a daemon tick", ticked, timeout=FIRST_TICK_S)
+        wait_tick(self.state_dir, self.topo.veth_a, pid, after)
 
     @property
     def socket(self) -> Path:
