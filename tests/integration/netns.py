@@ -337,3 +337,23 @@ def wait_tick(state_dir: Path, interface: str, pid: int, after: float) -> None:
         return bool(doc and doc["pid"] == pid and doc["last_tick"] > after)
 
     wait_for("a daemon tick", ticked, timeout=FIRST_TICK_S)
+
+
+class DaemonEnv:
+    """A topology of its own (every name starting with ``prefix``) and the files of one
+    daemon in a test's directory: its config, state directory and log."""
+
+    def __init__(self, tmp: Path, prefix: str) -> None:
+        self.topo = Topology(
+            src_ns=unique(f"{prefix}S"),
+            dst_ns=unique(f"{prefix}D"),
+            veth_a=unique(f"{prefix}A"),
+            veth_b=unique(f"{prefix}B"),
+        )
+        self.tmp = tmp
+        self.config = tmp / "bwbpf.toml"
+        self.state_dir = tmp / "state"
+        self.log = tmp / "daemon.log"
+
+    def wait_tick(self, pid: int, after: float) -> None:
+        wait_tick(self.state_dir, self.topo.veth_a, pid, after)

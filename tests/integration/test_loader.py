@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from bwbpf import datapath
-from tests.conftest import unique
 from tests.helpers import stop, wait_for
-from tests.integration.netns import FIRST_TICK_S, Topology, sh, wait_tick
+from tests.integration.netns import FIRST_TICK_S, DaemonEnv, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -31,18 +30,9 @@ ALPHA = '[[slice]]\nname = "alpha"\nid = 11\nmatch = {{ src = ["{src}/32"] }}\n'
 BETA = '[[slice]]\nname = "beta"\nid = 12\nmatch = {{ src = ["{src}/32"] }}\n'
 
 
-class Env:
+class Env(DaemonEnv):
     def __init__(self, tmp: Path) -> None:
-        self.topo = Topology(
-            src_ns=unique("bwldS"),
-            dst_ns=unique("bwldD"),
-            veth_a=unique("bwldA"),
-            veth_b=unique("bwldB"),
-        )
-        self.tmp = tmp
-        self.config = tmp / "bwbpf.toml"
-        self.state_dir = tmp / "state"
-        self.log = tmp / "daemon.log"
+        super().__init__(tmp, "bwld")
 
     @property
     def pin_dir(self) -> Path:
@@ -58,9 +48,6 @@ class Env:
     def _sources(self, slices: tuple[str, ...]) -> list[tuple[str, str]]:
         src = {ALPHA: self.topo.alt_src_ip, BETA: self.topo.limited_src_ip}
         return [(s, src[s]) for s in slices]
-
-    def wait_tick(self, pid: int, after: float) -> None:
-        wait_tick(self.state_dir, self.topo.veth_a, pid, after)
 
     def usage(self, name: str) -> int:
         doc = self.topo.stat(self.config)

@@ -20,7 +20,7 @@ import pytest
 from bwbpf import bpfsys, datapath, layout
 from tests.conftest import unique
 from tests.helpers import stop, wait_for
-from tests.integration.netns import FIRST_TICK_S, REPO, Topology, wait_tick
+from tests.integration.netns import FIRST_TICK_S, REPO, DaemonEnv, Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -47,19 +47,10 @@ class Held:
         assert self.proc.stdout.readline() == f"sent {count}\n".encode()
 
 
-class Env:
+class Env(DaemonEnv):
     def __init__(self, tmp: Path) -> None:
-        self.topo = Topology(
-            src_ns=unique("bwskS"),
-            dst_ns=unique("bwskD"),
-            veth_a=unique("bwskA"),
-            veth_b=unique("bwskB"),
-        )
+        super().__init__(tmp, "bwsk")
         self.cgroup = Path(datapath.cgroup2_mount()) / unique("bwbpftest-sk-")
-        self.config = tmp / "bwbpf.toml"
-        self.state_dir = tmp / "state"
-        self.log = tmp / "daemon.log"
-        self.tmp = tmp
 
     @property
     def pin_dir(self) -> str:
@@ -110,9 +101,6 @@ match = {{ cgroup = "{self.cgroup}" }}
         prog_id = datapath.pinned_prog_id(self.pin_dir)
         assert prog_id is not None
         return bpfsys.obj_get(datapath.generation_pin(self.pin_dir, name, prog_id))
-
-    def wait_tick(self, pid: int, after: float) -> None:
-        wait_tick(self.state_dir, self.topo.veth_a, pid, after)
 
 
 @pytest.fixture

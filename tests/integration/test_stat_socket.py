@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from bwbpf import config, statsocket
-from tests.conftest import unique
 from tests.helpers import read_json, stop, wait_for
-from tests.integration.netns import FIRST_TICK_S, Topology, sh, wait_tick
+from tests.integration.netns import FIRST_TICK_S, DaemonEnv, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -34,17 +33,9 @@ FROM_FILES = (
 )
 
 
-class Env:
+class Env(DaemonEnv):
     def __init__(self, tmp: Path) -> None:
-        self.topo = Topology(
-            src_ns=unique("bwssS"),
-            dst_ns=unique("bwssD"),
-            veth_a=unique("bwssA"),
-            veth_b=unique("bwssB"),
-        )
-        self.config = tmp / "bwbpf.toml"
-        self.state_dir = tmp / "state"
-        self.log = tmp / "daemon.log"
+        super().__init__(tmp, "bwss")
 
     def write_config(self, limit: str = "10MB") -> None:
         self.config.write_text(
@@ -61,9 +52,6 @@ class Env:
 
     def answered(self) -> bool:
         return self.python(ASK).strip() == "True"
-
-    def wait_tick(self, pid: int, after: float) -> None:
-        wait_tick(self.state_dir, self.topo.veth_a, pid, after)
 
     @property
     def socket(self) -> Path:
