@@ -51,6 +51,9 @@ SENDING_SHARE = 0.01
 WARMUP_TICKS = 3
 COUNTER_RUNS = 20
 CONFIG_LOADS = 3
+# SIGHUPs after the first one, each changing the same 3 slices' limits back and forth: the
+# daemon's memory and fds must stay flat across them.
+MORE_RELOADS = 49
 # The first start compiles the classifier and creates 20,005 HTB classes: 0.5 to 2 minutes
 # here (each class costs more the more HTB classes the machine already has), far longer
 # under software emulation.
@@ -270,6 +273,20 @@ def reload(d: DaemonProcess, cfg: Path, new_text: str) -> Reload:
     )
 
 
+def reload_storm(d: DaemonProcess, cfg: Path, texts: Sequence[str], count: int) -> None:
+    """``count`` SIGHUPs, each after the next of ``texts`` is in place and once the one
+    before was done ("reloaded" in the log)."""
+    offset = d.log_offset()
+    for i in range(count):
+        write_atomic(cfg, texts[i % len(texts)])
+        os.kill(d.pid, signal.SIGHUP)
+        deadline = time.monotonic() + RELOAD_TIMEOUT_S
+        while d.log_since(offset).count("reloaded ") <= i:
+            if time.monotonic() > deadline:
+                raise DaemonFailed(f"reload {i + 1} of {count} not done{d.log_tail()}")
+            time.sleep(POLL_S)
+
+
 def bench_daemon(slices: int, ticks: int, stat_runs: int, results: list[Result]) -> None:
     """Every figure of this module, appended to ``results`` as they come (a failure keeps
     those measured before it); whatever was made is removed on the way out."""
@@ -410,7 +427,15 @@ def _some_sending(s: Setup, ticks: int, stat_runs: int, alone: Window) -> list[R
         config.load(cfg, check_interface=False)
     load_ms = (time.perf_counter() - t) * 1000 / CONFIG_LOADS
     changed = dict.fromkeys(RELOADED_SLICES, RELOADED_QUOTA)
-    hup = reload(d, cfg, s.config_text(s.slices, tick=TICK, quotas=changed))
+    changed_text = s.config_text(s.slices, tick=TICK, quotas=changed)
+    hup = reload(d, cfg, changed_text)
+    say(f"{MORE_RELOADS} more reloads")
+    rss_one_reload = procfs.rss_mb(d.pid)
+    fds_one_reload = len(os.listdir(f"/proc/{d.pid}/fd"))
+    reload_storm(d, cfg, [s.config_text(s.slices, tick=TICK), changed_text], MORE_RELOADS)
+    d.wait_ticks(2, 60, "after the reloads")
+    rss_reloads = procfs.rss_mb(d.pid)
+    fds_reloads = len(os.listdir(f"/proc/{d.pid}/fd"))
     sent = sender_report(sender, s.tmp / "sender-some.log")
     d.stop()
 
@@ -463,6 +488,16 @@ def _some_sending(s: Setup, ticks: int, stat_runs: int, alone: Window) -> list[R
             "parsing and checking the same file (config.load) in another process",
             load_ms,
             extra={"ticks_during_reload": hup.ticks_during, "loads": CONFIG_LOADS},
+        ),
+        Result(
+            f"daemon RSS (VmRSS) after {MORE_RELOADS + 1} SIGHUP reloads at {s.slices:,} slices",
+            rss_reloads,
+            "MB",
+            "the same daemon after the first reload",
+            rss_one_reload,
+            target=f"value <= {RSS_MAX_MB:g} MB",
+            met=rss_reloads <= RSS_MAX_MB,
+            extra={"fds_after_first": fds_one_reload, "fds_after_all": fds_reloads},
         ),
         Result(
             "longest interval between ticks across that reload (status last_tick)",

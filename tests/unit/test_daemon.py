@@ -387,6 +387,8 @@ class LoopSpy:
 
 def test_many_hups_are_one_reload_and_term_stops(cfg: config.Config) -> None:
     before = _fds()
+    # What SIGHUP did before (SIG_IGN under nohup): run() must leave it so.
+    old_hup = signal.getsignal(signal.SIGHUP)
 
     def hups(spy: LoopSpy) -> None:
         if spy.ticks == 1:
@@ -399,7 +401,7 @@ def test_many_hups_are_one_reload_and_term_stops(cfg: config.Config) -> None:
     spy = LoopSpy(cfg, on_tick=hups, on_reload=term)
     spy.d.run()
     assert (spy.ticks, spy.reloads, spy.stops) == (1, 1, 1)
-    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) == old_hup
     assert _fds() == before  # the pipe is closed
 
 
