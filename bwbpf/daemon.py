@@ -338,9 +338,6 @@ class TickMeter:
         )
 
 
-# -- systemd --------------------------------------------------------------------------------
-
-
 # -- the daemon -----------------------------------------------------------------------------
 
 
@@ -731,15 +728,14 @@ class Daemon:
             problems=problems,
             uncounted_bytes=self.uncounted_bytes,
         )
-        summary = {
-            "pid": os.getpid(),
-            "running": True,
-            "last_tick": now,
-            "tick_s": self.cfg.tick_s,
-            "policy": self.cfg.policy,
-            "problems": problems,
-            "uncounted_bytes": self.uncounted_bytes,
-        }
+        summary = status.DaemonStatus(
+            pid=os.getpid(),
+            last_tick=now,
+            tick_s=self.cfg.tick_s,
+            policy=self.cfg.policy,
+            problems=problems,
+            uncounted_bytes=self.uncounted_bytes,
+        ).summary(running=True)
         # The ledger's own records, not a copy: a copy would keep this tick's records
         # alive through the next tick's update (~9 MB at 10,000 slices all sending).
         self.stat_server.update(statserver.TickView(self.cfg, self.ledger.live_records(), summary))

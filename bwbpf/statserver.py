@@ -46,7 +46,7 @@ class TickView(NamedTuple):
 
     cfg: Config
     records: Mapping[str, SliceRecord]
-    # status.DaemonStatus.summary()'s fields.
+    # status.DaemonStatus.summary() of this daemon.
     daemon: dict[str, Any]
 
 

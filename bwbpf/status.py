@@ -47,10 +47,12 @@ class DaemonStatus:
         except OSError:
             return False  # gone, or not ours to see (a zombie's cmdline is empty)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, running: bool | None = None) -> dict[str, Any]:
+        """What ``stat`` shows of the daemon; ``running`` as the caller knows it (the
+        daemon itself), else as /proc says."""
         return {
             "pid": self.pid,
-            "running": self.running,
+            "running": self.running if running is None else running,
             "last_tick": self.last_tick,
             "tick_s": self.tick_s,
             "policy": self.policy,
