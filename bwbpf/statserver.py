@@ -82,6 +82,14 @@ def _ceilings(s: Slice, record: SliceRecord | None) -> dict[int, int | None]:
     }
 
 
+# Holds the slices' place in the encoded document (JSON escapes the NULs).
+_SLICES_HERE = "\0slices\0"
+
+
+def _no_ceiling(_handle: int) -> int | None:
+    return None
+
+
 class Encoder:
     """The document as JSON text, byte for byte ``json.dumps(document, sort_keys=True)``,
     with each slice's text kept while what it is made of is the same (its config, its
@@ -130,18 +138,22 @@ class Encoder:
             texts[s.name] = (s, record, pair, period, text)
             pieces.append(text)
         self._texts = texts
-        head = json.dumps(
-            {
-                "classifier_attached": attached,
-                "daemon": view.daemon,
-                "datapath_errors": dict(errors),
-                "interface": cfg.interface,
-            },
-            sort_keys=True,
+        # The rest of the document as report.document makes it, the slices' place held by
+        # a string: the last of its kind in the text, as only "time" (a number) sorts after.
+        rest = report.document(
+            cfg,
+            (),
+            live,
+            {},
+            _no_ceiling,
+            daemon=view.daemon,
+            errors=errors,
+            attached=attached,
+            now=now,
         )
-        # The two keys that sort after the head's, in json's own separators.
-        tail = f', "slices": [{", ".join(pieces)}], "time": {json.dumps(now)}}}'
-        return (head[:-1] + tail).encode()
+        rest["slices"] = _SLICES_HERE
+        before, _, after = json.dumps(rest, sort_keys=True).rpartition(json.dumps(_SLICES_HERE))
+        return f"{before}[{', '.join(pieces)}]{after}".encode()
 
 
 class Answers:
