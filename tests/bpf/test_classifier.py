@@ -3,6 +3,7 @@ BPF_PROG_TEST_RUN: each lands in the expected (slice, dclass) counter and HTB cl
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import os
@@ -268,35 +269,38 @@ def test_mark_pointing_past_the_last_slice_is_an_error(loaded: Loaded) -> None:
         del table[ctypes.c_uint32(mark)]
 
 
-def test_socket_uid(loaded: Loaded) -> None:
-    # BPF_PROG_TEST_RUN gives its packets a dummy socket owned by uid 0.
+@contextlib.contextmanager
+def dummy_socket_is_uid_slice(loaded: Loaded) -> Iterator[None]:
+    """BPF_PROG_TEST_RUN gives its packets a dummy socket owned by uid 0: map that uid to
+    UID_SLICE for the block (the fixture keeps the uid map empty otherwise)."""
     table = loaded.bpf["slice_by_uid"]
     table[ctypes.c_uint32(0)] = ctypes.c_uint32(UID_SLICE)
     try:
+        yield
+    finally:
+        table.clear()
+
+
+def test_socket_uid(loaded: Loaded) -> None:
+    with dummy_socket_is_uid_slice(loaded):
         chosen, changed = delta(loaded, eth(0x0800, ipv4("10.9.0.1", "192.0.2.3")), times=5)
         assert changed == {(UID_SLICE, EXEMPT): (5 * 56, 5)}
         assert chosen == classid.slice_class(UID_SLICE, EXEMPT)
         # A mark match comes first.
         chosen, _ = delta(loaded, eth(0x0800, ipv4("10.9.0.1", "192.0.2.3")), mark=7)
         assert chosen == classid.slice_class(MARK_SLICE, EXEMPT)
-    finally:
-        table.clear()
 
 
 def test_a_sockets_later_packets_take_the_slice_it_remembered(loaded: Loaded) -> None:
     """One test run repeated is one socket's packets: the first works the slice out, the
     others read it from the socket; a socket that matched nothing still goes on to the
     source prefix, and a mark still comes first, on every packet."""
-    table = loaded.bpf["slice_by_uid"]
-    table[ctypes.c_uint32(0)] = ctypes.c_uint32(UID_SLICE)
-    try:
+    with dummy_socket_is_uid_slice(loaded):
         chosen, changed = delta(loaded, eth(0x0800, ipv4("10.9.0.1", "203.0.113.9")), repeat=40)
         assert changed == {(UID_SLICE, NORMAL): (40 * 56, 40)}
         assert chosen == classid.slice_class(UID_SLICE, NORMAL)
         chosen, changed = delta(loaded, eth(0x0800, ipv4("10.9.0.1", "203.0.113.9")), 7, 1, 30)
         assert changed == {(MARK_SLICE, NORMAL): (30 * 56, 30)}
-    finally:
-        table.clear()
     chosen, changed = delta(loaded, eth(0x0800, ipv4("10.1.7.7", "203.0.113.9")), repeat=25)
     assert changed == {(SRC_SLICE, NORMAL): (25 * 56, 25)}
     assert chosen == classid.slice_class(SRC_SLICE, NORMAL)

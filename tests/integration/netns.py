@@ -8,15 +8,20 @@ test failed half-way. Traffic only ever goes between these two namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from bwbpf import classid, config, datapath, limits, status
 from bwbpf.shaper import Shaper, installed_rate
@@ -357,3 +362,15 @@ class DaemonEnv:
 
     def wait_tick(self, pid: int, after: float) -> None:
         wait_tick(self.state_dir, self.topo.veth_a, pid, after)
+
+    @contextlib.contextmanager
+    def made(self) -> Iterator[None]:
+        """The topology for the block, removed afterwards whatever happens (a test without
+        nsenter is skipped: it runs everything in the topology's namespace)."""
+        if shutil.which("nsenter") is None:
+            pytest.skip("nsenter is not installed")
+        try:
+            self.topo.setup()
+            yield
+        finally:
+            self.topo.teardown()

@@ -5,7 +5,6 @@ pins name one program's maps at a time, and its traffic is still counted exactly
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import time
@@ -56,14 +55,9 @@ class Env(DaemonEnv):
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    if shutil.which("nsenter") is None:
-        pytest.skip("nsenter is not installed")
     e = Env(tmp_path)
-    try:
-        e.topo.setup()
+    with e.made():
         yield e
-    finally:
-        e.topo.teardown()
 
 
 def _compiler_libs(pid: int) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -60,15 +59,10 @@ class Env(DaemonEnv):
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    if shutil.which("nsenter") is None:
-        pytest.skip("nsenter is not installed")
     e = Env(tmp_path)
-    try:
-        e.topo.setup()
+    with e.made():
         e.write_config()
         yield e
-    finally:
-        e.topo.teardown()
 
 
 def _normal(env: Env, name: str) -> dict:
