@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from typing import Any, Protocol, TypeVar
 
 from bwbpf import (
+    classwork,
     config,
     datapath,
     heap,
@@ -41,7 +42,7 @@ from bwbpf.model import Config, Notify, Slice
 from bwbpf.notify import CappedClass
 from bwbpf.policy import Decision
 from bwbpf.shaper import Shaper
-from bwbpf.tree import desired_tree, leaf
+from bwbpf.tree import ClassSpec, desired_tree, leaf
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -397,6 +398,14 @@ class Daemon:
         self.watch = node.Watch()
         self.exporter = metrics.Exporter(cfg.interface)
         self.stat_server = statserver.StatServer()
+        # HTB classes being created or deleted off the loop (classwork.py), one job at a
+        # time; the config a reload read waits in _adopting for the classes it adds.
+        self._work: classwork.ClassWork | None = None
+        self._adopting: Config | None = None
+        self._reload_due = False  # a SIGHUP not yet acted on
+        self._cleanup_due = False  # classes no configured slice owns may be installed
+        self.cleanup_problems: list[str] = []
+        self._freeze_due = False  # heap.freeze after the next tick: a reload made garbage
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -417,7 +426,7 @@ class Daemon:
         if self.dry_run:
             log.info("dry run: no HTB class will change and no mail will be sent")
         else:
-            self._install(recorded_ceilings(self.cfg, self.ledger))
+            self._install(recorded_ceilings(self.cfg, self.ledger), remove=True)
             # stat asks here first (its document from the last tick, not the files).
             self.stat_server.serve(self.cfg)
         self._serve_metrics()
@@ -430,6 +439,7 @@ class Daemon:
                 now = self.clock.now() if self.clock.started else time.time()
                 self._state.save(self.ledger, now, whole=True)
         finally:
+            self._end_work()
             self.exporter.close()
             self.stat_server.close()
             self._shaper_close()
@@ -447,8 +457,9 @@ class Daemon:
         # The state directory exists: start() probed it (lifecycle.probe_state_dir).
         self._lock = lifecycle.take_lock(self.lock_path, self.cfg.interface)
 
-    def _install(self, ceils: Mapping[tuple[int, int], int]) -> None:
-        """node.up: tree, classifier, match maps; removes classes of unconfigured slices."""
+    def _install(self, ceils: Mapping[tuple[int, int], int], remove: bool = False) -> None:
+        """node.up: tree, classifier, match maps. Classes of unconfigured slices are removed
+        here with ``remove``, else by a ClassWork after this (``_cleanup_due``)."""
         if self._counters is not None:
             # Pins removed under us: pin the maps we hold again before node.up, which would
             # otherwise make new ones (and count from zero).
@@ -457,8 +468,14 @@ class Daemon:
         # The kept program is attached again when its maps still fit (no compile), else
         # replaced and released: fds and memory stay flat across reloads.
         report = node.up(
-            self.cfg, ceils, current=self._program, keep=True, take_over=self._take_over
+            self.cfg,
+            ceils,
+            current=self._program,
+            keep=True,
+            take_over=self._take_over,
+            remove=remove,
         )
+        self._cleanup_due = not remove
         self._take_over = False
         self.foreign_owner = None
         self._program = report.program
@@ -607,6 +624,7 @@ class Daemon:
                     shaper = self._shaper_open()
                 changes = shaper.apply(desired_tree(self.cfg, ceils))
                 self._verify_at = time.monotonic() + VERIFY_S
+                self._cleanup_due |= bool(self.cleanup_problems)  # a failed one, again
                 names: Iterable[str] = decisions
             else:
                 changes = 0
@@ -744,6 +762,7 @@ class Daemon:
         return (
             self.lasting_problems
             + self.reload_problems
+            + self.cleanup_problems
             + self.exporter.problems
             + self.tick_problems
         )
@@ -794,28 +813,97 @@ class Daemon:
     # -- reload and the loop --------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Read the config file again; keep the old one if the new one is not usable.
+        """Read the config file again and put it in force before returning (the loop does
+        the same without waiting: ``begin_reload``); keep the old one if the new one is not
+        usable. Never raises (see ``_reload_failed``). Returns whether it is in force."""
+        self._end_work()
+        self._reload_due = True
+        self.advance(background=False)
+        return not self.reload_problems
 
-        Never raises: whatever goes wrong (an invalid file, any unexpected exception, an
-        install failing half-way) is logged as one line and shown in stat until a reload
-        succeeds, and the configuration in use stays in force.
-        """
-        old = self.cfg
+    def begin_reload(self, background: bool = True) -> None:
+        """Read the config file again. A usable one is put in force (``_adopt``) once the
+        HTB classes it adds exist: a ClassWork makes them, in a thread unless not
+        ``background``, and the old config stays in force meanwhile; ``advance`` takes
+        it from there. None to make: in force at once."""
         try:
-            self._reload()
+            new = self._read_config()
+            missing = [] if self.dry_run else self._classes_missing(new)
         except Exception as exc:
-            adopted, self.cfg = self.cfg is not old, old
-            why = "; ".join(exc.problems) if isinstance(exc, ConfigError) else None
-            problem = f"reload: keeping the configuration in use: {why or one_line(exc)}"
-            log.error("%s", problem)
-            self.reload_problems = [problem]
-            if adopted:
-                self._restore()
-            return False
-        self.reload_problems = []
-        return True
+            self._reload_failed(exc)
+            return
+        if not missing:
+            self._adopt(new)
+            return
+        log.info(
+            "%s: reload: making %d HTB classes; the configuration in use stays in force"
+            " until they exist",
+            new.interface,
+            len(missing),
+        )
+        self._adopting = new
+        self._run_work(
+            classwork.ClassWork(new.interface, create=missing, wake=self.signals.wake), background
+        )
 
-    def _reload(self) -> None:
+    def advance(self, background: bool = True) -> None:
+        """Take a finished ClassWork's result (a reload put in force or failed, classes
+        removed or not), then begin what is due: a reload, else removing the classes no
+        configured slice owns. Returns at once while a ClassWork runs in its thread."""
+        while True:
+            work = self._work
+            if work is not None:
+                if not work.finished:
+                    return
+                self._work = None
+                self._work_done(work)
+            if self._reload_due:
+                self._reload_due = False
+                self.begin_reload(background)
+            elif self._cleanup_due and not self.dry_run:
+                self._cleanup_due = False
+                self._begin_cleanup(background)
+            else:
+                return
+            if background:
+                return
+
+    def _run_work(self, work: classwork.ClassWork, background: bool) -> None:
+        self._work = work
+        if background:
+            work.start()
+        else:
+            work.run()
+
+    def _end_work(self) -> None:
+        """Stop a ClassWork that runs (a reload waiting for it is dropped: the old config
+        stays in force, and its classes are removed by the next install)."""
+        work, self._work = self._work, None
+        if work is not None:
+            work.cancel()
+            work.join()
+            if self._adopting is not None:
+                log.info("%s: reload abandoned half-way", self.cfg.interface)
+            self._adopting = None
+
+    def _work_done(self, work: classwork.ClassWork) -> None:
+        new, self._adopting = self._adopting, None
+        if new is not None:
+            if work.error is None and not work.cancelled:
+                self._adopt(new)
+            else:
+                self._reload_failed(Error(work.error or "abandoned"))
+                self._cleanup_due = True  # the classes it made before failing
+        elif work.cancelled:
+            self._cleanup_due = True  # for a reload that came: done again after it
+        elif work.error is not None:
+            problem = f"{self.cfg.interface}: removing unconfigured slices' classes: {work.error}"
+            log.error("%s; trying again at the next full comparison", problem)
+            self.cleanup_problems = [problem]
+        else:
+            self.cleanup_problems = []
+
+    def _read_config(self) -> Config:
         new = config.load(self.cfg.path)
         for key in ("interface", "state_dir", "bpffs_dir"):
             if getattr(new, key) != getattr(self.cfg, key):
@@ -823,17 +911,66 @@ class Daemon:
                     f"{key} changed from {getattr(self.cfg, key)!r} to {getattr(new, key)!r},"
                     " which needs a restart"
                 )
-        for warning in new.warnings:
-            log.warning("%s", warning)
-        self.cfg = new
-        self._decider.reset()
-        self._textfile_at = 0.0
-        self.ledger.periods_changed()
-        if not self.dry_run:
-            # New slices and matches need new match maps, not only new classes.
-            self._install(recorded_ceilings(new, self.ledger))
-        self._serve_metrics()  # a changed [metrics] listen takes effect now
+        return new
+
+    def _classes_missing(self, cfg: Config) -> list[ClassSpec]:
+        """The classes cfg's tree has that the interface has not (parents first)."""
+        with Shaper(cfg.interface) as shaper:
+            installed = shaper.classes()
+        return [spec for spec in desired_tree(cfg, {}) if spec.handle not in installed]
+
+    def _begin_cleanup(self, background: bool) -> None:
+        try:
+            with Shaper(self.cfg.interface) as shaper:
+                keep = {spec.handle for spec in desired_tree(self.cfg, {})}
+                stale = shaper.stale(keep, shaper.classes())
+        except Exception as exc:
+            self.cleanup_problems = [f"{self.cfg.interface}: listing HTB classes: {one_line(exc)}"]
+            log.error("%s", self.cleanup_problems[0])
+            return
+        if stale:
+            self._run_work(
+                classwork.ClassWork(self.cfg.interface, delete=stale, wake=self.signals.wake),
+                background,
+            )
+        else:
+            self.cleanup_problems = []
+
+    def _adopt(self, new: Config) -> None:
+        """Put a config that was read in force; if installing it fails half-way, the one in
+        use is installed again (``_restore``)."""
+        old = self.cfg
+        try:
+            for warning in new.warnings:
+                log.warning("%s", warning)
+            self.cfg = new
+            self._decider.reset()
+            self._textfile_at = 0.0
+            self.ledger.periods_changed()
+            if not self.dry_run:
+                # New slices and matches need new match maps, not only new classes.
+                self._install(recorded_ceilings(new, self.ledger))
+            self._serve_metrics()  # a changed [metrics] listen takes effect now
+        except Exception as exc:
+            adopted, self.cfg = self.cfg is not old, old
+            self._reload_failed(exc)
+            if adopted:
+                self._restore()
+            return
         log.info("reloaded %s: %d slices", new.path, len(new.slices))
+        self.reload_problems = []
+        self._freeze_due = True
+        sd_notify("READY=1")
+
+    def _reload_failed(self, exc: Exception) -> None:
+        """Whatever went wrong (an invalid file, any unexpected exception, an install
+        failing half-way) is one log line, shown in stat until a reload succeeds; the
+        configuration in use stays in force."""
+        why = "; ".join(exc.problems) if isinstance(exc, ConfigError) else None
+        problem = f"reload: keeping the configuration in use: {why or one_line(exc)}"
+        log.error("%s", problem)
+        self.reload_problems = [problem]
+        sd_notify("READY=1")
 
     def _restore(self) -> None:
         """After a reload failed half-way: the configuration in use, installed again."""
@@ -872,8 +1009,8 @@ class Daemon:
                 " (dry run)" if self.dry_run else "",
             )
             next_tick = time.monotonic() + self.cfg.tick_s
-            freeze_due = False
             while True:
+                # Woken by a signal or by a ClassWork that ended.
                 arrived = self.signals.wait(next_tick - time.monotonic())
                 stopping = [s for s in arrived if s != signal.SIGHUP]
                 if stopping:
@@ -881,10 +1018,11 @@ class Daemon:
                     sd_notify("STOPPING=1")
                     return
                 if arrived:
-                    sd_notify("RELOADING=1")
-                    self.reload()
-                    freeze_due = True  # after the next tick: a HUP storm pays it once
-                    sd_notify("READY=1")
+                    sd_notify("RELOADING=1")  # READY=1 once it is in force or has failed
+                    self._reload_due = True
+                    if self._work is not None and self._adopting is None:
+                        self._work.cancel()  # a cleanup, done again after the reload
+                self.advance()
                 # Due even while signals keep coming: a HUP storm never starves the ticks.
                 if time.monotonic() >= next_tick:
                     try:
@@ -893,9 +1031,9 @@ class Daemon:
                         log.error("tick: %s", one_line(exc))
                     # Never a burst of catch-up ticks after a stall (a suspend, a slow mail).
                     next_tick = max(next_tick + self.cfg.tick_s, time.monotonic())
-                    if freeze_due:
+                    if self._freeze_due:  # after the tick: a HUP storm pays it once
                         heap.freeze()
-                        freeze_due = False
+                        self._freeze_due = False
         finally:
             try:
                 self.stop()

@@ -143,6 +143,10 @@ class SignalPipe:
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.pending.append(signum)
+        self.wake()
+
+    def wake(self) -> None:
+        """End a ``wait`` early (with no signal, if none came): safe from any thread."""
         if self._w is not None:
             # A full pipe already holds a wake-up.
             with contextlib.suppress(OSError):

@@ -36,6 +36,7 @@ def up(
     current: datapath.Program | None = None,
     keep: bool = False,
     take_over: bool = False,
+    remove: bool = True,
 ) -> UpReport:
     """Install or refresh the tree and the classifier; idempotent.
 
@@ -50,7 +51,8 @@ def up(
     it is released (it stays attached).
 
     An interface whose classifier is another bwbpf's (datapath.check_owner) is refused
-    before anything changes, unless ``take_over``.
+    before anything changes, unless ``take_over``. Without ``remove`` the classes no slice
+    owns stay, for the caller to delete (the daemon does it in a thread: classwork.py).
     """
     specs = tree.desired_tree(cfg, ceilings)
     tables = datapath.tables_for(cfg)
@@ -71,7 +73,7 @@ def up(
         # Attached: now the pins name it (and the previous program's pins go).
         program.publish(cfg.pin_dir)
         # The dump from before apply() serves: every class apply() added is one to keep.
-        removed = shaper.remove_others({s.handle for s in specs}, installed)
+        removed = shaper.remove_others({s.handle for s in specs}, installed) if remove else []
     if current is not None and program is not current:
         current.close()
     if not keep:

@@ -9,7 +9,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TypeVar
 
 from bwbpf import htbmsg
@@ -82,10 +82,13 @@ class Rtnl:
             raise Error(f"netlink message of {n} bytes exceeds the {len(self.buf)}-byte buffer")
         return htbmsg.messages(memoryview(self.buf)[:n])
 
-    def run(self, requests: Sequence[tuple[Callable[[int], bytes], str]]) -> None:
+    def run(
+        self, requests: Sequence[tuple[Callable[[int], bytes], str]], ignore: Collection[int] = ()
+    ) -> None:
         """Send the requests (each a message built for a sequence number, and what it does
-        for an error message) in batches; raise the first failure once its batch is done.
-        The kernel handles the requests of a batch one after the other, in order."""
+        for an error message) in batches; raise the first failure once its batch is done,
+        leaving out the errnos in ``ignore``. The kernel handles the requests of a batch one
+        after the other, in order."""
         for start in range(0, len(requests), self.BATCH):
             pending: dict[int, str] = {}
             out = bytearray()
@@ -101,7 +104,7 @@ class Rtnl:
                         continue
                     doing = pending.pop(msg.seq)
                     err, text = htbmsg.parse_error(msg.payload, msg.flags)
-                    if err and failure is None:
+                    if err and err not in ignore and failure is None:
                         failure = f"cannot {doing}: {os.strerror(err)}" + (
                             f" ({text})" if text else ""
                         )

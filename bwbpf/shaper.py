@@ -9,9 +9,10 @@ bursts and quantum.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from bwbpf import classid, htbmsg
@@ -211,22 +212,27 @@ class Shaper:
         self, keep: Iterable[int], installed: dict[int, InstalledClass] | None = None
     ) -> list[int]:
         """Delete bwbpf-scheme classes under ``1:`` that are not in keep (slices that left
-        the config); returns their handles. Leaves go before the parents they hang from."""
+        the config); returns their handles."""
         if installed is None:
             installed = self.classes()
+        stale = self.stale(keep, installed)
+        self.delete(stale)
+        log_removed(self.ifname, stale)
+        return [handle for handle, _ in stale]
+
+    @staticmethod
+    def stale(keep: Iterable[int], installed: dict[int, InstalledClass]) -> list[tuple[int, int]]:
+        """(handle, parent) of the bwbpf-scheme classes under ``1:`` not in keep, leaves
+        before the parents they hang from (a class with children cannot be deleted)."""
         wanted = set(keep)
         stale = [h for h in installed if h >> 16 == classid.HTB_MAJOR and h not in wanted]
-        # Children first: a class with children cannot be deleted.
         depth = {h: _depth(h, installed) for h in stale}
         stale.sort(key=lambda h: -depth[h])
-        self._rtnl.run([self._delete_request(h, installed[h].parent) for h in stale])
-        for h in stale:
-            log.info(
-                "%s: removed class %s, which belongs to no configured slice",
-                self.ifname,
-                classid.format_handle(h),
-            )
-        return stale
+        return [(h, installed[h].parent) for h in stale]
+
+    def delete(self, classes: Sequence[tuple[int, int]]) -> None:
+        """Delete these (handle, parent) classes, in order; one already gone is no error."""
+        self._rtnl.run([self._delete_request(h, p) for h, p in classes], ignore=(errno.ENOENT,))
 
     def remove(self) -> bool:
         """Delete bwbpf's root qdisc (and with it every class and the filter). The kernel
@@ -242,6 +248,20 @@ class Shaper:
             ]
         )
         return True
+
+
+def log_removed(ifname: str, classes: Sequence[tuple[int, int]]) -> None:
+    """One line for classes deleted because no configured slice owns them."""
+    if classes:
+        shown = ", ".join(classid.format_handle(h) for h, _ in classes[:8])
+        more = f" and {len(classes) - 8} more" if len(classes) > 8 else ""
+        log.info(
+            "%s: removed %d classes that belong to no configured slice: %s%s",
+            ifname,
+            len(classes),
+            shown,
+            more,
+        )
 
 
 def _depth(handle: int, installed: dict[int, InstalledClass]) -> int:

@@ -366,7 +366,7 @@ class LoopSpy:
         self.on_tick, self.on_reload = on_tick, on_reload
         self.d.start = lambda: None  # type: ignore[method-assign]
         self.d.tick = self._tick  # type: ignore[method-assign]
-        self.d.reload = self._reload  # type: ignore[method-assign]
+        self.d.begin_reload = self._reload  # type: ignore[method-assign]
         self.d.stop = self._stop  # type: ignore[method-assign]
 
     def _tick(self, _now: float) -> dict:
@@ -375,11 +375,10 @@ class LoopSpy:
             self.on_tick(self)
         return {}
 
-    def _reload(self) -> bool:
+    def _reload(self, background: bool = True) -> None:
         self.reloads += 1
         if self.on_reload:
             self.on_reload(self)
-        return True
 
     def _stop(self) -> None:
         self.stops += 1
@@ -503,6 +502,7 @@ def test_a_reload_that_fails_half_way_restores_the_old_config(
 
     monkeypatch.setattr(daemon.config, "load", lambda _p: new)
     d._install = install  # type: ignore[method-assign]
+    d._classes_missing = lambda _cfg: []  # type: ignore[method-assign]
     assert d.reload() is False
     assert d.cfg is cfg
     assert installed == [new, cfg]  # the old one installed again
