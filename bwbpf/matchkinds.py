@@ -172,7 +172,7 @@ def _trie(name: str, version: int, flag: Flag, what: str) -> MatchMap:
     return MatchMap(name, key, flag, limits.MAX_PREFIXES, what)
 
 
-_U32 = ctypes.c_uint32
+_U32, _U64 = ctypes.c_uint32, ctypes.c_uint64
 # Marks up to MAX_SLICE_ID (the usual mark = slice id) index an array, the others a hash;
 # the C makes the same split (egress.c: find_slice).
 MARK = Kind(
@@ -195,11 +195,7 @@ UID = Kind(
 CGROUP = Kind(
     "cgroup",
     "cgroups",
-    (
-        MatchMap(
-            "slice_by_cgroup", ctypes.c_uint64, Flag.CGROUP, limits.MAX_MATCHES, "cgroup matches"
-        ),
-    ),
+    (MatchMap("slice_by_cgroup", _U64, Flag.CGROUP, limits.MAX_MATCHES, "cgroup matches"),),
     lambda c, key, v: c.abspath(key, v, "an absolute path in the cgroup v2 tree"),
     lambda path: "slice_by_cgroup",
     _resolve_cgroups,
