@@ -1,6 +1,7 @@
 /* Structs and constants shared by every bwbpf program and read by the daemon.
  *
- * Sizes come from bwbpf/limits.py as -D flags (one definition: docs/conventions.md, rule 1);
+ * Sizes come from bwbpf/limits.py and bwbpf/matchkinds.py as -D flags (one definition:
+ * docs/conventions.md, rule 1);
  * the daemon reads these layouts through bcc's ctypes (table.Key/table.Leaf) or through
  * the mirror in bwbpf/layout.py, which a test compares with the structs below.
  */
@@ -32,18 +33,13 @@ enum bwbpf_error {
 	BWBPF_ERR_SLICE_OUT_OF_RANGE = 2, /* a match map held a slice id above the max */
 };
 
-/* Which match kinds and options are in use: the program skips the lookups of unused kinds,
- * so a node matching only by mark pays for one hash lookup. */
-enum bwbpf_flags {
-	BWBPF_F_MARK = 1 << 0,
-	BWBPF_F_CGROUP = 1 << 1,
-	BWBPF_F_UID = 1 << 2,
-	BWBPF_F_SRC4 = 1 << 3,
-	BWBPF_F_SRC6 = 1 << 4,
-	BWBPF_F_EXEMPT4 = 1 << 5,
-	BWBPF_F_EXEMPT6 = 1 << 6,
-	BWBPF_F_NO_L2 = 1 << 7, /* the device has no link-layer header (tun, wireguard) */
-};
+/* Which match kinds and options are in use (settings.flags): the program skips the lookups
+ * of unused kinds, so a node matching only by mark pays for one lookup. The bits are
+ * numbered once, in bwbpf/matchkinds.py (Flag), and come as -D BWBPF_F_<name> flags; a
+ * flag used here and not given there is an undeclared identifier. */
+#ifndef BWBPF_F_MARK
+#error "flags come from bwbpf/matchkinds.py: compile through bwbpf.datapath"
+#endif
 
 /* Value of the per-CPU counters array: what HTB counts, per (slice, dclass). */
 struct bwbpf_counter {
@@ -57,7 +53,7 @@ struct bwbpf_slice_counters {
 
 /* The one-entry settings array. */
 struct bwbpf_settings {
-	__u32 flags;         /* enum bwbpf_flags */
+	__u32 flags;         /* BWBPF_F_* bits */
 	__u32 cgroup_levels; /* bit L set: some configured cgroup sits at cgroup v2 level L */
 	__u32 match_epoch;   /* changed whenever the socket-owned matches (cgroup, uid) change */
 };

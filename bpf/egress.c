@@ -23,19 +23,23 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, errors, BWBPF_ERROR_SLOTS,
 		 BWBPF_PIN_DIR "/errors");
 
 /* The match and exempt maps are filled from the config before the program goes live, so a
- * new program starts fully configured and replaces the old one in a single step. */
+ * new program starts fully configured and replaces the old one in a single step. Each is a
+ * map of bwbpf/matchkinds.py, which gives its size as BWBPF_<NAME>_ENTRIES. */
 BPF_ARRAY(settings, struct bwbpf_settings, 1);
 /* Marks up to BWBPF_MAX_SLICE_ID (the usual mark = slice id) index an array: an inlined load
  * instead of a hash (~17 ns less per packet, bench/run.py); other marks go to the hash. A
- * value of 0 means no slice: the default slice is never matched by mark. */
-BPF_ARRAY(slice_by_small_mark, __u32, BWBPF_MAX_SLICE_ID + 1);
-BPF_HASH(slice_by_mark, __u32, __u32, BWBPF_MAX_MATCHES);
-BPF_HASH(slice_by_uid, __u32, __u32, BWBPF_MAX_MATCHES);
-BPF_HASH(slice_by_cgroup, __u64, __u32, BWBPF_MAX_MATCHES);
-BPF_LPM_TRIE(slice_by_src4, struct bwbpf_lpm4, __u32, BWBPF_MAX_PREFIXES);
-BPF_LPM_TRIE(slice_by_src6, struct bwbpf_lpm6, __u32, BWBPF_MAX_PREFIXES);
-BPF_LPM_TRIE(exempt4, struct bwbpf_lpm4, __u32, BWBPF_MAX_PREFIXES);
-BPF_LPM_TRIE(exempt6, struct bwbpf_lpm6, __u32, BWBPF_MAX_PREFIXES);
+ * value of 0 means no slice: the default slice is never matched by mark. The mark kind's
+ * resolver splits the marks at the same bound. */
+_Static_assert(BWBPF_SLICE_BY_SMALL_MARK_ENTRIES == BWBPF_MAX_SLICE_ID + 1,
+	       "every mark up to BWBPF_MAX_SLICE_ID indexes the small-mark array");
+BPF_ARRAY(slice_by_small_mark, __u32, BWBPF_SLICE_BY_SMALL_MARK_ENTRIES);
+BPF_HASH(slice_by_mark, __u32, __u32, BWBPF_SLICE_BY_MARK_ENTRIES);
+BPF_HASH(slice_by_uid, __u32, __u32, BWBPF_SLICE_BY_UID_ENTRIES);
+BPF_HASH(slice_by_cgroup, __u64, __u32, BWBPF_SLICE_BY_CGROUP_ENTRIES);
+BPF_LPM_TRIE(slice_by_src4, struct bwbpf_lpm4, __u32, BWBPF_SLICE_BY_SRC4_ENTRIES);
+BPF_LPM_TRIE(slice_by_src6, struct bwbpf_lpm6, __u32, BWBPF_SLICE_BY_SRC6_ENTRIES);
+BPF_LPM_TRIE(exempt4, struct bwbpf_lpm4, __u32, BWBPF_EXEMPT4_ENTRIES);
+BPF_LPM_TRIE(exempt6, struct bwbpf_lpm6, __u32, BWBPF_EXEMPT6_ENTRIES);
 /* Recent destinations and their class, per CPU, direct-mapped: a hit is an inlined array
  * load and a compare (~1 ns) where an LRU hash lookup cost ~33 ns, as much as the 10,000-prefix
  * trie walk it saves (bench/run.py). Never stale: it lives and dies with this program and its

@@ -15,11 +15,12 @@ import re
 import socket
 import stat
 import tomllib
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bwbpf import heap, limits
+from bwbpf import heap, limits, matchkinds
 from bwbpf.errors import ConfigError, one_line
 from bwbpf.model import (
     SLICE_NAME,
@@ -58,8 +59,6 @@ MAX_EXEMPT_FILES = 64
 # rest are summed up in one "... and N more" line.
 MAX_FILE_PROBLEMS = 5
 MAX_PROBLEMS = 100
-# The uid the kernel reports for a packet without a local socket (bpf_get_socket_uid).
-OVERFLOW_UID = 65534
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 PERIOD_KINDS = ("daily", "weekly", "monthly")
 
@@ -69,7 +68,8 @@ _QUOTA_KEYS = {"policy", "period", "at", "weekday", "day", "timezone"}
 _CLASS_KEYS = {"limit", "threshold", "min_rate", "max_rate", "avg_rate"}
 _DEFAULTS_KEYS = {"share", "normal", "exempt"}
 _SLICE_KEYS = {"name", "id", "match", "share", "normal", "exempt"}
-_MATCH_KEYS = {"mark", "uid", "cgroup", "src"}
+_MATCH_KEYS = {kind.key for kind in matchkinds.KINDS}
+_MATCH_NAMES = ", ".join(k.key for k in matchkinds.KINDS[:-1]) + f" or {matchkinds.KINDS[-1].key}"
 _EXEMPT_KEYS = {"prefixes", "files"}
 _NOTIFY_KEYS = {
     "smtp",
@@ -259,6 +259,9 @@ class _Checker:
             self.fail(key, f"must be {what}, not {_shown(text)}")
             return None
         return os.path.normpath(text)
+
+    def prefix(self, key: str, value: object) -> Network | None:
+        return self.convert(key, value, _network)
 
 
 def _as_list(value: object) -> list[Any]:
@@ -471,26 +474,11 @@ def _metrics(c: _Checker, raw: object) -> Metrics | None:
 
 def _match(c: _Checker, key: str, raw: object) -> Match:
     m = c.table(raw, key, _MATCH_KEYS)
-    marks = [c.integer(f"{key}.mark", v, 1, 2**32 - 1) for v in _as_list(m.get("mark"))]
-    uids = [c.integer(f"{key}.uid", v, 0, 2**32 - 2) for v in _as_list(m.get("uid"))]
-    for uid in uids:
-        if uid == OVERFLOW_UID:
-            c.fail(
-                f"{key}.uid",
-                f"{OVERFLOW_UID} is the kernel's uid for packets without a"
-                " local socket and cannot name a slice",
-            )
-    cgroups = [
-        c.abspath(f"{key}.cgroup", v, "an absolute path in the cgroup v2 tree")
-        for v in _as_list(m.get("cgroup"))
-    ]
-    src = [c.convert(f"{key}.src", v, _network) for v in _as_list(m.get("src"))]
-    return Match(
-        marks=tuple(v for v in marks if v is not None),
-        uids=tuple(v for v in uids if v is not None and v != OVERFLOW_UID),
-        cgroups=tuple(v for v in cgroups if v is not None),
-        src=tuple(v for v in src if v is not None),
-    )
+    values: dict[str, tuple[Any, ...]] = {}
+    for kind in matchkinds.KINDS:
+        checked = (kind.check(c, f"{key}.{kind.key}", v) for v in _as_list(m.get(kind.key)))
+        values[kind.match_field] = tuple(v for v in checked if v is not None)
+    return Match(**values)
 
 
 def _merged_class(defaults: dict[str, Any], override: dict[str, Any], dclass: str) -> dict:
@@ -752,33 +740,21 @@ def parse(
         elif sid is not None:
             ids[sid] = key
         if "match" not in raw:
-            c.fail(
-                f"{key}.match", "missing: say how packets are recognised (mark, uid, cgroup or src)"
-            )
+            c.fail(f"{key}.match", f"missing: say how packets are recognised ({_MATCH_NAMES})")
         s = _slice(c, key, raw, defaults, max_rates, name or "?", sid or 0, period_s)
         if s is None or name is None or sid is None:
             continue
         if "match" in raw and s.match.empty():
             c.fail(f"{key}.match", "is empty")
-        for kind, values in (
-            ("mark", s.match.marks),
-            ("uid", s.match.uids),
-            ("cgroup", s.match.cgroups),
-            ("src", s.match.src),
-        ):
-            for v in values:
-                if (kind, v) in owners:
-                    c.fail(f"{key}.match.{kind}", f"{v} already matches {owners[(kind, v)]}")
-                owners[(kind, v)] = f"{key} ({name})"
+        for kind in matchkinds.KINDS:
+            for v in kind.values(s):
+                if (kind.key, v) in owners:
+                    c.fail(
+                        f"{key}.match.{kind.key}", f"{v} already matches {owners[(kind.key, v)]}"
+                    )
+                owners[(kind.key, v)] = f"{key} ({name})"
         slices.append(_check_node_caps(c, s, key, node_cap, line_rate))
-    for family in (4, 6):
-        count = sum(1 for s in slices for p in s.match.src if p.version == family)
-        if count > limits.MAX_PREFIXES:
-            c.fail("slice", f"{count} IPv{family} source prefixes; at most {limits.MAX_PREFIXES}")
-    for kind in ("marks", "uids", "cgroups"):
-        count = sum(len(getattr(s.match, kind)) for s in slices)
-        if count > limits.MAX_MATCHES:
-            c.fail("slice", f"{count} {kind[:-1]} matches; at most {limits.MAX_MATCHES}")
+    _check_match_counts(c, slices)
     keys = {s.name: f"slice[{i}]" for i, s in enumerate(slices)}
     _src_overlaps(c, slices, keys)
     _check_cgroups(c, slices, keys, environment)
@@ -817,6 +793,16 @@ def parse(
         sources=tuple(c.sources),
         digest=hashlib.sha256(text.encode()).hexdigest(),
     )
+
+
+def _check_match_counts(c: _Checker, slices: list[Slice]) -> None:
+    """Refuse more values than a match map holds."""
+    counts = Counter(
+        kind.map_for(v) for kind in matchkinds.KINDS for s in slices for v in kind.values(s)
+    )
+    for m in matchkinds.MAPS:
+        if counts[m.name] > m.max_entries:
+            c.fail("slice", f"{counts[m.name]} {m.what}; at most {m.max_entries}")
 
 
 def _interface_exists(c: _Checker, interface: str) -> None:

@@ -35,8 +35,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bwbpf import bpfsys, classid, config, htbmsg, layout, limits
+from bwbpf import bpfsys, classid, config, htbmsg, layout, limits, matchkinds
 from bwbpf.errors import Error, one_line
+from bwbpf.matchkinds import CgroupLookup, CgroupRef, Flag
 from bwbpf.model import Config, Network
 
 log = logging.getLogger(__name__)
@@ -58,18 +59,13 @@ PINNED_MAPS = {
     "errors": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, limits.ERROR_SLOTS),
 }
 PROGRAM_PIN = "prog"
-# The maps of one program that user space fills or updates, pinned as <name>@<program id>.
-# (dclass_cache is the program's own scratch space: nothing outside reads it.)
+# The maps of one program that user space fills or updates, pinned as <name>@<program id>:
+# the settings, every match kind's maps and the exempt tries. (dclass_cache is the
+# program's own scratch space: nothing outside reads it.)
 MATCH_MAPS = (
     "settings",
-    "slice_by_small_mark",
-    "slice_by_mark",
-    "slice_by_uid",
-    "slice_by_cgroup",
-    "slice_by_src4",
-    "slice_by_src6",
-    "exempt4",
-    "exempt6",
+    *(m.name for m in matchkinds.MAPS),
+    *(m.name for m in matchkinds.EXEMPT_MAPS),
 )
 _GENERATION_PIN = re.compile(rf"({'|'.join((PROGRAM_PIN, *MATCH_MAPS))})@([0-9]+)")
 BPF_FS_MAGIC = 0xCAFE4A11  # include/uapi/linux/magic.h
@@ -98,15 +94,6 @@ def cgroup2_mount() -> str:
     return mount
 
 
-@dataclass(frozen=True)
-class CgroupRef:
-    """A configured cgroup resolved to what the classifier sees: its id (the directory's
-    inode number) and its level below the root (bpf_skb_ancestor_cgroup_id)."""
-
-    id: int
-    level: int
-
-
 def resolve_cgroup(path: str, mount: str) -> CgroupRef:
     """A path under the cgroup v2 mount, or one relative to it (``/system.slice/x``)."""
     full = config.cgroup_full_path(path, mount)
@@ -121,82 +108,59 @@ def resolve_cgroup(path: str, mount: str) -> CgroupRef:
     return CgroupRef(ino, level)
 
 
-def _lpm(net: Network) -> ctypes.Structure:
-    key: ctypes.Structure = layout.Lpm4() if net.version == 4 else layout.Lpm6()
-    key.prefixlen = net.prefixlen
-    ctypes.memmove(key.addr, net.network_address.packed, len(net.network_address.packed))
-    return key
-
-
 @dataclass(frozen=True)
 class MatchTables:
-    """What the config puts into the program's maps, computed without touching the kernel."""
+    """What the config puts into the program's maps, computed without touching the kernel:
+    the settings, {key: slice id} for each map of matchkinds.MAPS, the exempt prefixes,
+    and the configured values left out because the machine does not have them (yet)."""
 
     flags: int
     cgroup_levels: int
-    marks: dict[int, int]
-    uids: dict[int, int]
-    cgroups: dict[int, int]
-    src: dict[Network, int]
+    entries: dict[str, dict[Any, int]]
     exempt: tuple[Network, ...]
     problems: tuple[str, ...]
 
 
+def _host_cgroups() -> CgroupLookup:
+    """Configured cgroup paths resolved on this machine, the mount looked up once, when
+    the first path needs it (no cgroup v2 mount: each path's problem)."""
+    mount: str | None = None
+
+    def lookup(path: str) -> CgroupRef:
+        nonlocal mount
+        mount = mount or cgroup2_mount()
+        return resolve_cgroup(path, mount)
+
+    return lookup
+
+
 def cgroup_matches(
-    cfg: Config, resolve: Any = None
+    cfg: Config, resolve: CgroupLookup | None = None
 ) -> tuple[dict[int, int], int, dict[tuple[str, str], str]]:
     """The cgroup match map's contents for a config: ({cgroup id: slice id}, the level
     bits of ``settings.cgroup_levels``, {(slice, path): why} for paths that do not resolve).
-
-    One os.stat per configured path, cheap enough for every tick: a cgroup made after
-    ``up`` or recreated (a new inode, so a new id) is picked up without a reload."""
-    cgroups: dict[int, int] = {}
-    levels = 0
-    missing: dict[tuple[str, str], str] = {}
-    mount: str | None = None
-    for s in cfg.slices:
-        for path in s.match.cgroups:
-            try:
-                if resolve is None:
-                    mount = mount or cgroup2_mount()
-                    ref = resolve_cgroup(path, mount)
-                else:
-                    ref = resolve(path)
-            except Error as exc:
-                missing[(s.name, path)] = f"slice {s.name}: {exc}"
-                continue
-            cgroups[ref.id] = s.id
-            levels |= 1 << ref.level
-    return cgroups, levels, missing
+    Cheap enough for every tick: a cgroup made after ``up`` or recreated (a new inode, so
+    a new id) is picked up without a reload."""
+    found = matchkinds.CGROUP.resolve(cfg.slices, resolve or _host_cgroups())
+    (table,) = matchkinds.CGROUP.maps
+    return found.entries[table.name], found.cgroup_levels, found.missing
 
 
-def match_tables(cfg: Config, resolve: Any = None, no_l2: bool = False) -> MatchTables:
+def match_tables(
+    cfg: Config, resolve: CgroupLookup | None = None, no_l2: bool = False
+) -> MatchTables:
     """Flags and map contents for a config. ``resolve`` maps a cgroup path to a CgroupRef;
     a cgroup that cannot be resolved is left out and reported in ``problems``."""
-    marks: dict[int, int] = {}
-    uids: dict[int, int] = {}
-    src: dict[Network, int] = {}
-    problems: list[str] = []
-    for s in cfg.slices:
-        for mark in s.match.marks:
-            marks[mark] = s.id
-        for uid in s.match.uids:
-            uids[uid] = s.id
-        for net in s.match.src:
-            src[net] = s.id
-    cgroups, levels, missing = cgroup_matches(cfg, resolve)
-    problems.extend(missing.values())
-    flags = 0
-    flags |= layout.F_MARK if marks else 0
-    flags |= layout.F_UID if uids else 0
-    flags |= layout.F_CGROUP if cgroups else 0
-    flags |= layout.F_SRC4 if any(n.version == 4 for n in src) else 0
-    flags |= layout.F_SRC6 if any(n.version == 6 for n in src) else 0
-    flags |= layout.F_EXEMPT4 if any(n.version == 4 for n in cfg.exempt_prefixes) else 0
-    flags |= layout.F_EXEMPT6 if any(n.version == 6 for n in cfg.exempt_prefixes) else 0
-    flags |= layout.F_NO_L2 if no_l2 else 0
+    found = matchkinds.resolve(cfg.slices, resolve or _host_cgroups())
+    flags = matchkinds.flags({**found.entries, **matchkinds.exempt_entries(cfg.exempt_prefixes)})
+    if no_l2:
+        flags |= Flag.NO_L2
     return MatchTables(
-        flags, levels, marks, uids, cgroups, src, cfg.exempt_prefixes, tuple(problems)
+        int(flags),
+        found.cgroup_levels,
+        found.entries,
+        cfg.exempt_prefixes,
+        tuple(found.missing.values()),
     )
 
 
@@ -285,25 +249,11 @@ def populate(bpf: Any, tables: MatchTables) -> None:
     leaf.cgroup_levels = tables.cgroup_levels
     leaf.match_epoch = layout.FIRST_MATCH_EPOCH
     settings[ctypes.c_int(0)] = leaf
-    small = bpf["slice_by_small_mark"]
-    for mark, slice_id in tables.marks.items():
-        if mark <= limits.MAX_SLICE_ID:
-            small[ctypes.c_int(mark)] = ctypes.c_uint32(slice_id)
-    large = {m: s for m, s in tables.marks.items() if m > limits.MAX_SLICE_ID}
-    for name, entries, ktype in (
-        ("slice_by_mark", large, ctypes.c_uint32),
-        ("slice_by_uid", tables.uids, ctypes.c_uint32),
-        ("slice_by_cgroup", tables.cgroups, ctypes.c_uint64),
-    ):
-        table = bpf[name]
-        for key, slice_id in entries.items():
-            table[ktype(key)] = ctypes.c_uint32(slice_id)
-    for net, slice_id in tables.src.items():
-        table = bpf["slice_by_src4" if net.version == 4 else "slice_by_src6"]
-        table[_lpm(net)] = ctypes.c_uint32(slice_id)
-    for net in tables.exempt:
-        table = bpf["exempt4" if net.version == 4 else "exempt6"]
-        table[_lpm(net)] = ctypes.c_uint32(1)
+    entries = {**tables.entries, **matchkinds.exempt_entries(tables.exempt)}
+    for m in (*matchkinds.MAPS, *matchkinds.EXEMPT_MAPS):
+        table = bpf[m.name]
+        for key, value in entries[m.name].items():
+            table[m.c_key(key)] = ctypes.c_uint32(value)
 
 
 def tables_for(cfg: Config) -> MatchTables:
@@ -452,22 +402,25 @@ class Program:
         the old or the new slice of its cgroup, never none of a cgroup that is in both.
         Last, a new match epoch: every socket works its slice out again at its next packet
         (one that did so meanwhile may have seen a removal still to come)."""
-        if cgroups == self.tables.cgroups and levels == self.tables.cgroup_levels:
+        (spec,) = matchkinds.CGROUP.maps
+        before = self.tables.entries[spec.name]
+        if cgroups == before and levels == self.tables.cgroup_levels:
             return
-        table = self.maps["slice_by_cgroup"]
+        table = self.maps[spec.name]
         for cgroup_id, slice_id in cgroups.items():
-            if self.tables.cgroups.get(cgroup_id) != slice_id:
-                bpfsys.map_update(table, ctypes.c_uint64(cgroup_id), ctypes.c_uint32(slice_id))
-        flags = (self.tables.flags & ~layout.F_CGROUP) | (layout.F_CGROUP if cgroups else 0)
+            if before.get(cgroup_id) != slice_id:
+                bpfsys.map_update(table, spec.c_key(cgroup_id), ctypes.c_uint32(slice_id))
+        flags = int((self.tables.flags & ~spec.flag) | (spec.flag if cgroups else 0))
         settings = self.settings()
         settings.flags, settings.cgroup_levels = flags, levels
         self._put_settings(settings)
-        for cgroup_id in self.tables.cgroups.keys() - cgroups.keys():
-            bpfsys.map_delete(table, ctypes.c_uint64(cgroup_id))
+        for cgroup_id in before.keys() - cgroups.keys():
+            bpfsys.map_delete(table, spec.c_key(cgroup_id))
         # Skipping 0, which turns the cache off.
         settings.match_epoch = (settings.match_epoch + 1) & 0xFFFFFFFF or 1
         self._put_settings(settings)
-        self.tables = replace(self.tables, flags=flags, cgroup_levels=levels, cgroups=cgroups)
+        entries = {**self.tables.entries, spec.name: cgroups}
+        self.tables = replace(self.tables, flags=flags, cgroup_levels=levels, entries=entries)
 
     def settings(self) -> layout.Settings:
         """What the program's settings map holds now."""
@@ -539,13 +492,11 @@ def _link(ifname: str) -> htbmsg.Link | None:
 
 
 def cflags() -> list[str]:
-    """The -D flags that give the C its sizes (limits.py) and the HTB classid scheme
-    (classid.py)."""
+    """The -D flags that give the C its sizes (limits.py), the flags and map sizes of the
+    match kinds (matchkinds.py) and the HTB classid scheme (classid.py)."""
     values = {
         "BWBPF_MAX_SLICE_ID": limits.MAX_SLICE_ID,
         "BWBPF_DEFAULT_SLICE_ID": limits.DEFAULT_SLICE_ID,
-        "BWBPF_MAX_PREFIXES": limits.MAX_PREFIXES,
-        "BWBPF_MAX_MATCHES": limits.MAX_MATCHES,
         "BWBPF_MAX_CGROUP_DEPTH": limits.MAX_CGROUP_DEPTH,
         "BWBPF_DCLASS_CACHE_ENTRIES": limits.DCLASS_CACHE_ENTRIES,
         "BWBPF_NUM_ERRORS": len(limits.ERROR_REASONS),
@@ -555,6 +506,10 @@ def cflags() -> list[str]:
         BWBPF_HTB_MAJOR=classid.HTB_MAJOR,
         BWBPF_MINOR_NORMAL_BASE=classid.MINOR_BASE[limits.DCLASS_NORMAL],
         BWBPF_MINOR_EXEMPT_BASE=classid.MINOR_BASE[limits.DCLASS_EXEMPT],
+    )
+    values.update({f"BWBPF_F_{flag.name}": flag.value for flag in Flag})
+    values.update(
+        {m.size_macro: m.max_entries for m in (*matchkinds.MAPS, *matchkinds.EXEMPT_MAPS)}
     )
     return [f"-D{k}={v}" for k, v in values.items()]
 

@@ -53,14 +53,3 @@ class Lpm6(ctypes.Structure):
     """Must match struct bwbpf_lpm6 in bpf/bwbpf.h."""
 
     _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
-
-
-# enum bwbpf_flags in bpf/bwbpf.h
-F_MARK = 1 << 0
-F_CGROUP = 1 << 1
-F_UID = 1 << 2
-F_SRC4 = 1 << 3
-F_SRC6 = 1 << 4
-F_EXEMPT4 = 1 << 5
-F_EXEMPT6 = 1 << 6
-F_NO_L2 = 1 << 7

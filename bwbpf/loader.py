@@ -24,9 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bwbpf import bpfsys, datapath
+from bwbpf import bpfsys, datapath, matchkinds
 from bwbpf.errors import Error, one_line
-from bwbpf.model import Network
 
 log = logging.getLogger(__name__)
 
@@ -49,30 +48,30 @@ def encode(pin_dir: str, tables: datapath.MatchTables, cflags: Iterable[str] = (
             "flags": tables.flags,
             "cgroup_levels": tables.cgroup_levels,
             # JSON keys are strings: integer and prefix keys travel as pairs.
-            "marks": list(tables.marks.items()),
-            "uids": list(tables.uids.items()),
-            "cgroups": list(tables.cgroups.items()),
-            "src": [(str(net), slice_id) for net, slice_id in tables.src.items()],
+            "entries": {
+                m.name: [
+                    (str(k) if m.prefixes else k, v) for k, v in tables.entries[m.name].items()
+                ]
+                for m in matchkinds.MAPS
+            },
             "exempt": [str(net) for net in tables.exempt],
         }
     )
 
 
+def _key(m: matchkinds.MatchMap, key: Any) -> Any:
+    return ipaddress.ip_network(key) if m.prefixes else int(key)
+
+
 def decode(text: str) -> tuple[str, datapath.MatchTables, list[str]]:
     """(pin directory, match tables, extra cflags) from ``encode``'s JSON."""
     doc = json.loads(text)
-
-    def pairs(key: str) -> dict[int, int]:
-        return {int(k): int(v) for k, v in doc[key]}
-
-    src: dict[Network, int] = {ipaddress.ip_network(n): int(s) for n, s in doc["src"]}
     tables = datapath.MatchTables(
         flags=int(doc["flags"]),
         cgroup_levels=int(doc["cgroup_levels"]),
-        marks=pairs("marks"),
-        uids=pairs("uids"),
-        cgroups=pairs("cgroups"),
-        src=src,
+        entries={
+            m.name: {_key(m, k): int(v) for k, v in doc["entries"][m.name]} for m in matchkinds.MAPS
+        },
         exempt=tuple(ipaddress.ip_network(n) for n in doc["exempt"]),
         problems=(),
     )

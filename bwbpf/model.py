@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -34,7 +34,8 @@ class ClassQuota:
 
 @dataclass(frozen=True)
 class Match:
-    """The ways a packet is recognised as a slice's; any one of them is enough."""
+    """The ways a packet is recognised as a slice's; any one of them is enough. A field per
+    match kind (bwbpf/matchkinds.py: Kind.match_field)."""
 
     marks: tuple[int, ...] = ()
     uids: tuple[int, ...] = ()
@@ -42,7 +43,7 @@ class Match:
     src: tuple[Network, ...] = ()
 
     def empty(self) -> bool:
-        return not (self.marks or self.uids or self.cgroups or self.src)
+        return not any(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass(frozen=True)

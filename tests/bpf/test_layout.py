@@ -10,8 +10,9 @@ import shutil
 
 import pytest
 
-from bwbpf import bpfsys, config, datapath, layout, limits
+from bwbpf import bpfsys, config, datapath, layout, limits, matchkinds
 from bwbpf.errors import Error
+from bwbpf.matchkinds import Flag
 from tests.conftest import unique
 
 HEADER = (datapath.bpf_source_dir() / "bwbpf.h").read_text()
@@ -24,11 +25,29 @@ def test_error_reasons_follow_the_enum() -> None:
     ]
 
 
-def test_flags_follow_the_enum() -> None:
-    found = dict(re.findall(r"BWBPF_F_(\w+) = 1 << (\d+)", HEADER))
-    assert {name: 1 << int(bit) for name, bit in found.items()} == {
-        name[2:]: getattr(layout, name) for name in dir(layout) if name.startswith("F_")
-    }
+@pytest.mark.root
+def test_the_c_compiles_with_the_contracts_flags() -> None:
+    """What BWBPF_F_* are in C once bwbpf.h is included with datapath.cflags(): read back
+    from a program that stores each into an array."""
+    from bcc import BPF
+
+    stores = "".join(
+        f"i = {i}; v = BWBPF_F_{flag.name}; flags.update(&i, &v);" for i, flag in enumerate(Flag)
+    )
+    bpf = BPF(
+        text=f"""#include <uapi/linux/bpf.h>
+        #include "bwbpf.h"
+        BPF_ARRAY(flags, __u32, {len(Flag)});
+        int f(struct __sk_buff *skb) {{ __u32 i, v; {stores} return 0; }}""",
+        cflags=[*datapath.cflags(), f"-I{datapath.bpf_source_dir()}", "-Wall", "-Werror"],
+    )
+    try:
+        fn = bpf.load_func("f", BPF.SCHED_CLS)
+        assert bpfsys.prog_test_run(fn.fd, bytes(64)).retval == 0
+        compiled = {flag: bpf["flags"][ctypes.c_uint32(i)].value for i, flag in enumerate(Flag)}
+        assert compiled == {flag: flag.value for flag in Flag}
+    finally:
+        bpf.cleanup()
 
 
 def _fields(t: type) -> list[tuple[str, int, int]]:
@@ -56,6 +75,9 @@ def test_structs_match_what_bcc_builds() -> None:
             key, leaf = shapes[name]
             assert (ctypes.sizeof(key), ctypes.sizeof(leaf)) == (key_size, value_size)
             assert bpf[name].max_entries == entries
+        for m in (*matchkinds.MAPS, *matchkinds.EXEMPT_MAPS):
+            assert ctypes.sizeof(bpf[m.name].Key) == ctypes.sizeof(m.key_type), m.name
+            assert bpf[m.name].max_entries == m.max_entries, m.name
     finally:
         bpf.cleanup()
         datapath.remove_pins(cfg.pin_dir)

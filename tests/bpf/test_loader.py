@@ -17,6 +17,7 @@ import pytest
 
 from bwbpf import bpfsys, config, datapath, layout, limits, loader
 from bwbpf.errors import Error
+from bwbpf.matchkinds import Flag
 from tests.bpf.test_classifier import ctx, eth, ipv4
 from tests.conftest import unique
 
@@ -79,7 +80,7 @@ def test_pins_what_the_caller_then_uses(bpffs: str) -> None:
         }
         assert datapath.pinned_prog_id(cfg.pin_dir) == program.id
         # The maps hold the config, as the loader filled them.
-        assert _settings(program) == (layout.F_MARK | layout.F_EXEMPT4, 0)
+        assert _settings(program) == (Flag.MARK | Flag.EXEMPT4, 0)
         small = program.maps["slice_by_small_mark"]
         assert _lookup_u32(small, ctypes.c_uint32(77)) == MARKED
         key = layout.Lpm4(prefixlen=24)
@@ -104,13 +105,13 @@ def test_set_cgroups_updates_the_pinned_maps(bpffs: str) -> None:
         program.publish(cfg.pin_dir)
         table = program.maps["slice_by_cgroup"]
         program.set_cgroups({1001: 5, 1002: 6}, 1 << 2)
-        assert _settings(program) == (layout.F_MARK | layout.F_EXEMPT4 | layout.F_CGROUP, 4)
+        assert _settings(program) == (Flag.MARK | Flag.EXEMPT4 | Flag.CGROUP, 4)
         assert _lookup_u32(table, ctypes.c_uint64(1001)) == 5
         program.set_cgroups({1002: 7}, 1 << 3)
         assert _lookup_u32(table, ctypes.c_uint64(1001)) is None
         assert _lookup_u32(table, ctypes.c_uint64(1002)) == 7
         program.set_cgroups({}, 0)
-        assert _settings(program) == (layout.F_MARK | layout.F_EXEMPT4, 0)
+        assert _settings(program) == (Flag.MARK | Flag.EXEMPT4, 0)
         # The pin names the same map: anyone opening it sees what the program sees.
         pinned = bpfsys.obj_get(datapath.generation_pin(cfg.pin_dir, "settings", program.id))
         try:
