@@ -904,7 +904,8 @@ class Daemon:
             self.cleanup_problems = []
 
     def _read_config(self) -> Config:
-        new = config.load(self.cfg.path)
+        path = self.cfg.path
+        new = heap.isolated(lambda: config.load(path))
         for key in ("interface", "state_dir", "bpffs_dir"):
             if getattr(new, key) != getattr(self.cfg, key):
                 raise Error(

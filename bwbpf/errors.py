@@ -1,6 +1,8 @@
 """The one exception hierarchy the CLI turns into a one-line message and exit 1, and the
 one way any message or exception becomes that line."""
 
+from __future__ import annotations
+
 
 class Error(Exception):
     """A runtime failure a user can act on; its message is one line."""
@@ -16,6 +18,10 @@ class ConfigError(Error):
             if len(problems) == 1
             else f"{len(problems)} problems: " + "; ".join(problems)
         )
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[str]]]:
+        # Made again from its problems, not its message (heap.isolated pickles it).
+        return (ConfigError, (self.problems,))
 
 
 def one_line(what: BaseException | str, limit: int = 500) -> str:

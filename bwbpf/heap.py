@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import pickle
+import signal
 from collections.abc import Callable
 from typing import TypeVar
+
+from bwbpf.errors import Error, one_line
 
 T = TypeVar("T")
 
@@ -35,6 +39,59 @@ def packed(make: Callable[[], T]) -> T:
     the config held 25 arenas parsed, 15 packed (10 MB less resident), for ~30 ms."""
     data = pickle.dumps(make(), protocol=pickle.HIGHEST_PROTOCOL)  # the original goes here
     return pickle.loads(data)  # our own bytes, made just above
+
+
+def isolated(make: Callable[[], T]) -> T:
+    """What ``make()`` returns (or raises), made in a forked child and handed back pickled:
+    the daemon's heap sees only the result, never what making it took. A reload's TOML
+    parse peaks at ~19 MB at 10,000 slices; in the daemon's own heap it left pymalloc
+    arenas pinned by the few objects allocated among its garbage, ~5 MB more resident
+    after each of the first reloads (measured: 41 arenas after 6 reloads, 36 this way).
+    Without fork (or if it fails) ``make()`` runs here."""
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return make()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return make()
+    if pid == 0:  # the child: no return from here, whatever happens
+        status = 1
+        try:
+            os.close(r)
+            try:
+                data = pickle.dumps((True, make()), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                data = _pickled_failure(exc)
+            with os.fdopen(w, "wb") as out:
+                out.write(data)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        data = pipe.read()
+    _, wait_status = os.waitpid(pid, 0)
+    if not data:
+        code = os.waitstatus_to_exitcode(wait_status)
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        raise Error(f"the process reading the configuration ended with {how}")
+    ok, value = pickle.loads(data)  # our own child's bytes
+    del data
+    if not ok:
+        raise value
+    result: T = value
+    return result
+
+
+def _pickled_failure(exc: Exception) -> bytes:
+    try:
+        return pickle.dumps((False, exc), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # an exception that does not pickle: its one line
+        return pickle.dumps((False, Error(one_line(exc))), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _malloc_trim() -> ctypes._CFuncPtr | None:

@@ -21,7 +21,7 @@ _NAME_WORD = r"[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
 SLICE_NAME = re.compile(rf"^(?=.{{1,63}}$){_NAME_WORD}(?:\.{_NAME_WORD})*$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClassQuota:
     """One slice's budget for one destination class (normal or exempt)."""
 
@@ -32,7 +32,7 @@ class ClassQuota:
     avg_rate_bps: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     """The ways a packet is recognised as a slice's; any one of them is enough. A field per
     match kind (bwbpf/matchkinds.py: Kind.match_field)."""
@@ -46,7 +46,7 @@ class Match:
         return not any(getattr(self, f.name) for f in fields(self))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slice:
     name: str
     id: int
@@ -61,7 +61,7 @@ class Slice:
         return (self.normal, self.exempt)[dclass]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Period:
     """``rolling``: ``seconds`` from each slice's own period start. The calendar kinds start
     at ``at`` (minutes after local midnight) in ``timezone``: every day, every ``weekday``
@@ -75,7 +75,7 @@ class Period:
     timezone: str = "UTC"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Notify:
     smtp_host: str | None
     smtp_port: int
@@ -88,7 +88,7 @@ class Notify:
     slice_address: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Metrics:
     """Prometheus metrics: served over HTTP at listen_host:listen_port (None: not served)
     and/or written atomically to a node_exporter textfile."""
@@ -101,7 +101,7 @@ class Metrics:
     textfile_interval_s: int = 60
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     interface: str

@@ -23,7 +23,7 @@ from bwbpf.tree import ClassSpec
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InstalledClass:
     handle: int
     parent: int

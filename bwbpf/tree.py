@@ -16,7 +16,7 @@ from bwbpf.model import Config, Slice
 QUANTUM_PER_SHARE = 1600
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClassSpec:
     handle: int
     parent: int

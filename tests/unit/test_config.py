@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -533,7 +534,7 @@ def test_toml_integer_too_long_to_convert() -> None:
 
 def test_pin_dir_never_leaves_bpffs() -> None:
     cfg = config.parse(BASE)
-    bad = config.Config(**{**cfg.__dict__, "interface": "../../victim"})
+    bad = dataclasses.replace(cfg, interface="../../victim")
     # Not a ConfigError: config.parse never builds such a config (the name is refused).
     with pytest.raises(ValueError, match=r"node\.interface"):
         _ = bad.pin_dir

@@ -497,7 +497,7 @@ def test_a_reload_that_fails_half_way_restores_the_old_config(
 
     def install(_ceils: Any) -> None:
         installed.append(d.cfg)
-        if d.cfg is new:
+        if d.cfg == new:  # a copy: the daemon reads configs in a child (heap.isolated)
             raise struct.error("'Q' format requires 0 <= number <= 18446744073709551615")
 
     monkeypatch.setattr(daemon.config, "load", lambda _p: new)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
+import tracemalloc
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from bwbpf import config, heap
+from bwbpf.errors import ConfigError, Error
 
 
 def rss_kb() -> int:
@@ -70,3 +76,56 @@ def test_packed_config_is_the_config(tmp_path: Path) -> None:
     packed = config.load(path, check_interface=False)  # packed
     assert packed == cfg and packed.warnings == cfg.warnings and packed.sources == cfg.sources
     assert packed.slices[3].quota(0) is packed.slices[4].quota(0)  # still shared
+
+
+def test_isolated_hands_back_what_the_child_made_and_not_its_garbage() -> None:
+    made_here: list[int] = []
+
+    def make() -> list[tuple[int, str]]:
+        made_here.append(os.getpid())  # in the child: this list here stays empty
+        garbage = [bytearray(4096) for _ in range(5000)]  # ~20 MB the child frees
+        del garbage
+        return [(i, f"s{i}") for i in range(1000)]
+
+    tracemalloc.start()
+    try:
+        got = heap.isolated(make)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == [(i, f"s{i}") for i in range(1000)]
+    assert made_here == []
+    assert peak < 2 * 1024 * 1024, peak  # the result and its pickle, not the 20 MB
+
+
+def test_isolated_raises_what_the_child_raised(tmp_path: Path) -> None:
+    path = tmp_path / "bwbpf.toml"
+    path.write_text("[node]\ninterface = 5\n")
+    with pytest.raises(ConfigError) as raised:
+        heap.isolated(lambda: config.load(path, check_interface=False))
+    assert raised.value.problems and all(str(path) in p for p in raised.value.problems)
+
+    def unpicklable() -> None:
+        class Local(Exception):
+            pass
+
+        raise Local("a\nlocal class")
+
+    with pytest.raises(Error, match=r"^Local: a local class$"):
+        heap.isolated(unpicklable)
+
+
+def test_isolated_child_that_dies_is_one_error() -> None:
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(
+        Error, match=r"^the process reading the configuration ended with signal SIGKILL$"
+    ):
+        heap.isolated(die)
+
+    def leave() -> None:
+        raise SystemExit(3)
+
+    with pytest.raises(Error, match=r"ended with exit status 1$"):
+        heap.isolated(leave)
