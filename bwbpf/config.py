@@ -920,12 +920,15 @@ def _check_cgroups(
                 )
 
 
-def load(path: str | os.PathLike[str], check_interface: bool = True) -> Config:
+def load(path: str | os.PathLike[str], check_interface: bool = True, pack: bool = True) -> Config:
     """Read and validate a config file (read_config). What it returns is packed into few
-    pages (heap.packed): the daemon keeps it for as long as it runs."""
+    pages (heap.packed), unless not ``pack``: the daemon keeps it for as long as it runs.
+    (A process that hands the config on pickled, heap.isolated's child, need not pack.)"""
     p = os.fspath(path)
     if not isinstance(p, str):
         p = os.fsdecode(p)
+    if not pack:
+        return parse(read_config(p), p, check_interface)
     return heap.packed(lambda: parse(read_config(p), p, check_interface))
 
 

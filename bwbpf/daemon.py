@@ -905,7 +905,8 @@ class Daemon:
 
     def _read_config(self) -> Config:
         path = self.cfg.path
-        new = heap.isolated(lambda: config.load(path))
+        # Unpickled here, which packs it as config.load would.
+        new = heap.isolated(lambda: config.load(path, pack=False))
         for key in ("interface", "state_dir", "bpffs_dir"):
             if getattr(new, key) != getattr(self.cfg, key):
                 raise Error(
@@ -915,10 +916,12 @@ class Daemon:
         return new
 
     def _classes_missing(self, cfg: Config) -> list[ClassSpec]:
-        """The classes cfg's tree has that the interface has not (parents first)."""
-        with Shaper(cfg.interface) as shaper:
-            installed = shaper.classes()
-        return [spec for spec in desired_tree(cfg, {}) if spec.handle not in installed]
+        """The classes cfg's tree has and the tree in force has not (parents first): those
+        a reload must create. Worked out from the two configs, without listing the
+        interface's classes (~0.15 s at 20,000); one missing for another reason (removed
+        by someone) is made again by node.up when the new config is put in force."""
+        known = {spec.handle for spec in desired_tree(self.cfg, {})}
+        return [spec for spec in desired_tree(cfg, {}) if spec.handle not in known]
 
     def _begin_cleanup(self, background: bool) -> None:
         try:

@@ -481,7 +481,7 @@ def test_a_failed_reload_is_one_line_and_keeps_the_config(
     d._publish(T0, {})
     got = status.read(cfg)
     assert got is not None and got.problems == errors
-    monkeypatch.setattr(daemon.config, "load", lambda _p: cfg)
+    monkeypatch.setattr(daemon.config, "load", lambda _p, **_kw: cfg)
     assert d.reload() is True
     d._publish(T0, {})
     got = status.read(cfg)
@@ -500,7 +500,7 @@ def test_a_reload_that_fails_half_way_restores_the_old_config(
         if d.cfg == new:  # a copy: the daemon reads configs in a child (heap.isolated)
             raise struct.error("'Q' format requires 0 <= number <= 18446744073709551615")
 
-    monkeypatch.setattr(daemon.config, "load", lambda _p: new)
+    monkeypatch.setattr(daemon.config, "load", lambda _p, **_kw: new)
     d._install = install  # type: ignore[method-assign]
     d._classes_missing = lambda _cfg: []  # type: ignore[method-assign]
     assert d.reload() is False
@@ -515,7 +515,7 @@ def test_a_reload_needing_a_restart_is_refused(
     other = make_config(tmp_path)
     object.__setattr__(other, "interface", "eth9")
     d = daemon.Daemon(cfg, dry_run=True)
-    monkeypatch.setattr(daemon.config, "load", lambda _p: other)
+    monkeypatch.setattr(daemon.config, "load", lambda _p, **_kw: other)
     assert d.reload() is False and d.cfg is cfg
     assert "interface changed from 'lo' to 'eth9', which needs a restart" in d.reload_problems[0]
 
