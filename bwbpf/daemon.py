@@ -836,8 +836,8 @@ class Daemon:
             self._adopt(new)
             return
         log.info(
-            "%s: reload: making %d HTB classes; the configuration in use stays in force"
-            " until they exist",
+            "%s: making %d HTB classes for the new configuration; the one in use stays in"
+            " force until they exist",
             new.interface,
             len(missing),
         )

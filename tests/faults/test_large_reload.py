@@ -61,13 +61,13 @@ def test_ticks_go_on_while_a_large_reload_makes_and_removes_classes(env: FaultEn
     small = _wanted(env)
     env.write_config(more_slices=_many())
     os.kill(daemon.pid, signal.SIGHUP)
-    wait_for("the class job", lambda: "reload: making" in env.daemon_log(), timeout=60)
+    wait_for("the class job", lambda: "for the new configuration" in env.daemon_log(), timeout=60)
     # Traffic while the classes are made: charged to its slice under the old config.
     sent = env.send(50, 1000)
     ticks = _ticks_until(env, lambda: "reloaded " in env.daemon_log(), "making classes")
     assert len(ticks) >= 3, f"{len(ticks)} ticks while {2 * MANY} classes were made"
     env.wait_counted(sent)
-    assert f"making {2 * MANY} HTB classes" in env.daemon_log()
+    assert f"making {2 * MANY} HTB classes for the new configuration" in env.daemon_log()
     assert _classes(env) == _wanted(env)
 
     # And back: the classes of the 6,000 slices go, with ticks in between.
@@ -97,7 +97,7 @@ def test_sigterm_in_the_middle_of_a_large_reload_stops_at_once(env: FaultEnv) ->
     env.wait_counted(sent)
     env.write_config(more_slices=_many())
     os.kill(daemon.pid, signal.SIGHUP)
-    wait_for("the class job", lambda: "reload: making" in env.daemon_log(), timeout=60)
+    wait_for("the class job", lambda: "for the new configuration" in env.daemon_log(), timeout=60)
     time.sleep(1)
     asked = time.monotonic()
     assert stop(daemon) == 0, env.daemon_log()
@@ -131,7 +131,7 @@ def test_root_qdisc_removed_while_a_reload_makes_classes(env: FaultEnv) -> None:
     env.write_config(more_slices=_many())
     large = _wanted(env)
     os.kill(daemon.pid, signal.SIGHUP)
-    wait_for("the class job", lambda: "reload: making" in env.daemon_log(), timeout=60)
+    wait_for("the class job", lambda: "for the new configuration" in env.daemon_log(), timeout=60)
     sh("ip", "netns", "exec", env.topo.src_ns, "tc", "qdisc", "del", "dev", env.topo.veth_a, "root")
     refused = "reload: keeping the configuration in use: cannot set HTB class"
     wait_for(
