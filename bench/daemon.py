@@ -438,8 +438,6 @@ def _some_sending(s: Setup, ticks: int, stat_runs: int, alone: Window) -> list[R
     d.wait_ticks(2, 60, "after the reloads")
     rss_reloads = procfs.rss_mb(d.pid)
     fds_reloads = len(os.listdir(f"/proc/{d.pid}/fd"))
-    say(f"a SIGHUP adding {LARGE_ADD:,} slices")
-    large = reload(d, cfg, s.config_text(s.slices + LARGE_ADD, tick=TICK))
     sent = sender_report(sender, s.tmp / "sender-some.log")
     d.stop()
 
@@ -514,17 +512,6 @@ def _some_sending(s: Setup, ticks: int, stat_runs: int, alone: Window) -> list[R
                 "last_ticks": [round(t.last_tick, 3) for t in hup.ticks],
             },
         ),
-        Result(
-            f"longest interval between ticks across a SIGHUP adding {LARGE_ADD:,} slices"
-            f" ({2 * LARGE_ADD:,} HTB classes) to {s.slices:,} (status last_tick)",
-            large.longest_gap_s * 1000,
-            "ms",
-            "the configured tick",
-            TICK_S * 1000,
-            target="ticks go on: ratio <= 2",
-            met=large.longest_gap_s <= 2 * TICK_S,
-            extra={"signal_to_reloaded_ms": round(large.ms), "ticks_during": large.ticks_during},
-        ),
     ]
 
 
@@ -547,6 +534,9 @@ def _all_capped(s: Setup, ticks: int, bare_mb: float, alone: Window) -> list[Res
     files = s.tick_files()
     rss = procfs.rss_mb(d.pid)
     still_capped = capped_slices(s.stat_doc(cfg))
+    # Last: the slices it adds stay in the state (until their period ends) after it.
+    say(f"a SIGHUP adding {LARGE_ADD:,} slices")
+    large = reload(d, cfg, s.config_text(s.slices + LARGE_ADD, tick=TICK, quota=CAPPED_QUOTA))
     sent = sender_report(sender, s.tmp / "sender-all.log")
     d.stop()
 
@@ -569,5 +559,16 @@ def _all_capped(s: Setup, ticks: int, bare_mb: float, alone: Window) -> list[Res
             bare_mb,
             target=f"value <= {RSS_MAX_MB:g} MB",
             met=rss <= RSS_MAX_MB,
+        ),
+        Result(
+            f"longest interval between ticks across a SIGHUP adding {LARGE_ADD:,} slices"
+            f" ({2 * LARGE_ADD:,} HTB classes) to {s.slices:,} (status last_tick)",
+            large.longest_gap_s * 1000,
+            "ms",
+            "the configured tick",
+            TICK_S * 1000,
+            target="ticks go on: ratio <= 2",
+            met=large.longest_gap_s <= 2 * TICK_S,
+            extra={"signal_to_reloaded_ms": round(large.ms), "ticks_during": large.ticks_during},
         ),
     ]
