@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from bwbpf import config, daemon, lifecycle, metrics, periods, state, status
+from bwbpf import classid, config, daemon, lifecycle, metrics, periods, state, status
 from bwbpf.datapath import Usage
 from bwbpf.errors import ConfigError, Error
 from bwbpf.ledger import Ledger
 from bwbpf.notify import CappedClass
+from bwbpf.shaper import InstalledClass, Shaper
 
 NORMAL, EXEMPT = 0, 1
 T0 = 1_000_000.0
@@ -569,3 +570,141 @@ def test_a_problem_is_logged_once_per_tick(
             d._guard(full, T0)
     assert len(caplog.records) == 1
     assert d.tick_problems == [caplog.records[0].getMessage()]
+
+
+# -- a reload whose classes are made off the loop ----------------------------------------------
+
+
+class FakeWork:
+    """A ClassWork that ends when the test says (``end``), and records what it was given."""
+
+    def __init__(self, works: list[FakeWork], create: Any = (), delete: Any = ()) -> None:
+        self.create, self.delete = list(create), list(delete)
+        self.error: str | None = None
+        self.started = self.finished = self.cancelled = False
+        works.append(self)
+
+    def start(self) -> None:
+        self.started = True
+
+    def run(self) -> None:
+        self.finished = True
+
+    def cancel(self) -> None:
+        self.cancelled = self.finished = True
+
+    def join(self) -> None:
+        pass
+
+    def end(self, error: str | None = None) -> None:
+        self.error, self.finished = error, True
+
+
+# A class of no configured slice, which the fake interface has.
+STALE = classid.slice_class(99, NORMAL)
+
+
+class FakeShaper:
+    def __init__(self, _ifname: str) -> None:
+        pass
+
+    def __enter__(self) -> FakeShaper:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        pass
+
+    def classes(self) -> dict[int, InstalledClass]:
+        return {STALE: InstalledClass(STALE, classid.parent_class(NORMAL), 8, 8, 1, 0, 0)}
+
+    stale = staticmethod(Shaper.stale)
+
+
+def _slice_toml(name: str, slice_id: int) -> str:
+    return f'\n[[slice]]\nname = "{name}"\nid = {slice_id}\nmatch = {{ mark = {slice_id} }}\n'
+
+
+def test_a_reload_is_in_force_once_its_classes_exist(
+    cfg: config.Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's reload: the old config serves while the new one's classes are made; a
+    SIGHUP meanwhile is read after it; a job that fails keeps the config in use and its
+    classes are removed; a cleanup cancelled by a SIGHUP is done again after the reload."""
+    works: list[FakeWork] = []
+    monkeypatch.setattr(
+        daemon.classwork,
+        "ClassWork",
+        lambda _ifname, create=(), delete=(), wake=None: FakeWork(works, create, delete),
+    )
+    monkeypatch.setattr(daemon, "Shaper", FakeShaper)
+    d = daemon.Daemon(cfg)
+    installed: list[list[str]] = []
+
+    def install(_ceils: Any, remove: bool = False) -> None:
+        installed.append([s.name for s in d.cfg.slices])
+        d._cleanup_due = not remove
+
+    d._install = install  # type: ignore[method-assign]
+    text = Path(cfg.path).read_text()
+    Path(cfg.path).write_text(text + _slice_toml("carol", 7))
+    d._reload_due = True
+    d.advance()
+    assert len(works) == 1 and works[0].started
+    assert {spec.handle for spec in works[0].create} == {
+        classid.slice_class(7, NORMAL),
+        classid.slice_class(7, EXEMPT),
+    }
+    assert d.cfg is cfg and installed == []  # the old config in force meanwhile
+
+    # A SIGHUP while the classes are made: read once they exist and carol is in force.
+    Path(cfg.path).write_text(text + _slice_toml("carol", 7) + _slice_toml("dave", 8))
+    d._reload_due = True
+    d.advance()
+    assert len(works) == 1 and d.cfg is cfg
+    works[0].end()
+    d.advance()
+    assert installed == [["alice", "bob", "carol"]]
+    assert len(works) == 2 and {spec.handle for spec in works[1].create} == {
+        classid.slice_class(8, NORMAL),
+        classid.slice_class(8, EXEMPT),
+    }
+
+    # The job fails: carol's config stays, the failure is shown, and a cleanup follows.
+    works[1].end("cannot set HTB class 1:8: No such file or directory")
+    d.advance()
+    assert [s.name for s in d.cfg.slices] == ["alice", "bob", "carol"]
+    assert d.reload_problems == [
+        "reload: keeping the configuration in use:"
+        " cannot set HTB class 1:8: No such file or directory"
+    ]
+    assert len(works) == 3 and works[2].delete == [(STALE, classid.parent_class(NORMAL))]
+
+    # A SIGHUP cancels the cleanup (as the loop does); the reload, then the cleanup again.
+    d._reload_due = True
+    works[2].cancel()
+    d.advance()
+    assert len(works) == 4 and works[3].create
+    works[3].end()
+    d.advance()
+    assert installed[-1] == ["alice", "bob", "carol", "dave"] and d.reload_problems == []
+    assert len(works) == 5 and works[4].delete == works[2].delete
+    works[4].end()
+    d.advance()
+    assert len(works) == 5 and d.cleanup_problems == []
+
+
+def test_stop_abandons_a_reload_whose_classes_are_being_made(
+    cfg: config.Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    works: list[FakeWork] = []
+    monkeypatch.setattr(
+        daemon.classwork,
+        "ClassWork",
+        lambda _ifname, create=(), delete=(), wake=None: FakeWork(works, create, delete),
+    )
+    d = daemon.Daemon(cfg)
+    Path(cfg.path).write_text(Path(cfg.path).read_text() + _slice_toml("carol", 7))
+    d.begin_reload()
+    assert works[0].started and d._adopting is not None
+    d.stop()
+    assert works[0].cancelled and d._work is None and d._adopting is None and d.cfg is cfg
