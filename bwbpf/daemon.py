@@ -43,6 +43,7 @@ from bwbpf.notify import CappedClass
 from bwbpf.policy import Decision
 from bwbpf.shaper import Shaper
 from bwbpf.tree import ClassSpec, desired_tree, leaf
+from bwbpf.tree import handles as tree_handles
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -920,14 +921,13 @@ class Daemon:
         a reload must create. Worked out from the two configs, without listing the
         interface's classes (~0.15 s at 20,000); one missing for another reason (removed
         by someone) is made again by node.up when the new config is put in force."""
-        known = {spec.handle for spec in desired_tree(self.cfg, {})}
-        return [spec for spec in desired_tree(cfg, {}) if spec.handle not in known]
+        known = tree_handles(self.cfg)
+        return [spec for spec in desired_tree(cfg) if spec.handle not in known]
 
     def _begin_cleanup(self, background: bool) -> None:
         try:
             with Shaper(self.cfg.interface) as shaper:
-                keep = {spec.handle for spec in desired_tree(self.cfg, {})}
-                stale = shaper.stale(keep, shaper.classes())
+                stale = shaper.stale(tree_handles(self.cfg), shaper.classes())
         except Exception as exc:
             self.cleanup_problems = [f"{self.cfg.interface}: listing HTB classes: {one_line(exc)}"]
             log.error("%s", self.cleanup_problems[0])

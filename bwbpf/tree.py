@@ -73,3 +73,8 @@ def desired_tree(
             )
         )
     return parents + leaves
+
+
+def handles(cfg: Config) -> set[int]:
+    """The handle of every class of cfg's tree (what is bwbpf's to keep on the interface)."""
+    return {spec.handle for spec in desired_tree(cfg)}
