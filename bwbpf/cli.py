@@ -277,6 +277,84 @@ def stat(config_path: str, as_json: bool, args: tuple[str, ...]) -> None:
         time.sleep(interval)
 
 
+@main.command()
+@config_option
+@click.option("--5min", "res", flag_value="5min", help="5-minute rows (last 2 hours).")
+@click.option("--hours", "res", flag_value="hours", help="Hourly rows (last 24 hours).")
+@click.option("--days", "res", flag_value="days", default=True, help="Daily rows (last 30 days).")
+@click.option("--months", "res", flag_value="months", help="Monthly rows (last 12 months).")
+@click.option("--years", "res", flag_value="years", help="Yearly rows (all).")
+@click.option(
+    "--periods", "res", flag_value="periods", help="Quota periods' totals (last 30 days)."
+)
+@click.option("--since", metavar="T", help="From T: 2026-12-01, '2026-12-01 13:00' or 7d (ago).")
+@click.option("--until", metavar="T", help="Up to T (not included); default now.")
+@click.option(
+    "--top", type=click.IntRange(1, 100_000), metavar="N", help="The N slices that sent most."
+)
+@click.option("--json", "as_json", is_flag=True, help="The history document as JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV: a line per slice and row.")
+@click.argument("slices", nargs=-1)
+@_friendly
+def history(
+    config_path: str,
+    res: str,
+    since: str | None,
+    until: str | None,
+    top: int | None,
+    as_json: bool,
+    as_csv: bool,
+    slices: tuple[str, ...],
+) -> None:
+    """Usage history per slice: [SLICE ...], normal, exempt, total and packets.
+
+    Read from the history database the daemon writes ([history] in the config; every
+    write_interval and when a 5-minute row is complete, so the last minutes may not be in
+    it yet: `bwbpf stat` has them). Days, months and years begin at midnight in [history]
+    timezone. A slice no longer configured keeps its history.
+
+    \b
+    Examples:
+      bwbpf history -c bwbpf.toml                   every slice, the last 30 days
+      bwbpf history -c bwbpf.toml alice --hours     alice's last 24 hours
+      bwbpf history -c bwbpf.toml --top 10 --since 7d     who sent most this week
+      bwbpf history -c bwbpf.toml --months --csv    monthly rows for a billing script
+      bwbpf history -c bwbpf.toml --periods --json  each quota period's totals
+    """
+    from zoneinfo import ZoneInfo
+
+    from bwbpf import historyview
+    from bwbpf.history import Store
+
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv exclude each other")
+    from bwbpf import configcache
+
+    cfg = _warned(configcache.load(config_path))
+    if not cfg.history.enabled:
+        raise Error(f"{cfg.path}: history is off ([history] enabled = false)")
+    now = time.time()
+    tz = ZoneInfo(cfg.history.timezone)
+    t0 = historyview.parse_time(since, tz, now, "--since") if since else None
+    t1 = historyview.parse_time(until, tz, now, "--until") if until else None
+    store = Store.open_readonly(cfg.history_path, cfg.interface)
+    try:
+        doc = historyview.document(
+            store, cfg, res, now=now, since=t0, until=t1, names=slices, top=top
+        )
+    finally:
+        store.close()
+    missing = sorted(set(slices) - {s["name"] for s in doc["slices"]})
+    if missing and not as_json and not as_csv:
+        click.echo(f"bwbpf: no history in this range for: {', '.join(missing)}", err=True)
+    if as_json:
+        click.echo(json.dumps(doc, sort_keys=True))
+    elif as_csv:
+        click.echo(historyview.render_csv(doc), nl=False)
+    else:
+        click.echo(historyview.render_text(doc))
+
+
 def _split_stat_args(args: tuple[str, ...]) -> tuple[list[str], float | None, int | None]:
     numbers: list[str] = []
     rest = list(args)

@@ -26,6 +26,7 @@ from bwbpf.model import (
     SLICE_NAME,
     ClassQuota,
     Config,
+    History,
     Match,
     Metrics,
     Network,
@@ -82,6 +83,16 @@ _NOTIFY_KEYS = {
     "slice_address",
 }
 _METRICS_KEYS = {"listen", "textfile", "textfile_interval"}
+# Retention keys of [history] (vnStat's names), in history.RESOLUTIONS order, with their
+# largest values (a century of each).
+_HISTORY_KEEP = {
+    "fiveminute_hours": 876_000,
+    "hourly_days": 36_500,
+    "daily_days": 36_500,
+    "monthly_months": 1_200,
+    "yearly_years": 100,
+}
+_HISTORY_KEYS = {"enabled", "file", "write_interval", "timezone", *_HISTORY_KEEP}
 _TOP_KEYS = {
     "node",
     "quota",
@@ -89,6 +100,7 @@ _TOP_KEYS = {
     "exempt",
     "notify",
     "metrics",
+    "history",
     "slice",
     "default_slice",
 }
@@ -353,19 +365,24 @@ def _class_quota(
     return ClassQuota(limit, threshold, min_rate, max_rate, avg_rate)
 
 
+def _timezone(c: _Checker, key: str, tz: object) -> str:
+    """A time zone name zoneinfo knows; UTC after a problem (reported)."""
+    if not isinstance(tz, str):
+        c.fail(key, f"must be a string, not {_shown(tz)}")
+        return "UTC"
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(tz)
+    except Exception:
+        c.fail(key, f"unknown time zone {_shown(tz)}")
+        return "UTC"
+    return tz
+
+
 def _period(c: _Checker, quota: dict[str, Any]) -> Period:
     text = quota.get("period", "1d")
-    tz = quota.get("timezone", "UTC")
-    if not isinstance(tz, str):
-        c.fail("quota.timezone", f"must be a string, not {_shown(tz)}")
-        tz = "UTC"
-    else:
-        try:
-            from zoneinfo import ZoneInfo
-
-            ZoneInfo(tz)
-        except Exception:
-            c.fail("quota.timezone", f"unknown time zone {_shown(tz)}")
+    tz = _timezone(c, "quota.timezone", quota.get("timezone", "UTC"))
     at_minutes = 0
     at = quota.get("at", "00:00")
     m = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])", at) if isinstance(at, str) else None
@@ -470,6 +487,28 @@ def _metrics(c: _Checker, raw: object) -> Metrics | None:
         c.fail("metrics.textfile_interval", f"must be at least 1s and at most {MAX_TICK_S}s")
         interval = None
     return Metrics(host, port, textfile, 60 if interval is None else interval)
+
+
+def _history(c: _Checker, raw: object, quota_tz: str) -> History:
+    h = c.table(raw, "history", _HISTORY_KEYS)
+    enabled = h.get("enabled", True)
+    if not isinstance(enabled, bool):
+        c.fail("history.enabled", f"must be true or false, not {_shown(enabled)}")
+        enabled = True
+    file = h.get("file")
+    if file is not None:
+        file = c.abspath("history.file", file)
+    interval = c.convert("history.write_interval", h.get("write_interval", "5m"), parse_duration)
+    if interval is not None and not 1 <= interval <= 300:
+        c.fail("history.write_interval", "must be at least 1s and at most 5m")
+        interval = None
+    keep = {}
+    defaults = History()
+    for key, most in _HISTORY_KEEP.items():
+        checked = c.integer(f"history.{key}", h.get(key, getattr(defaults, key)), -1, most)
+        keep[key] = getattr(defaults, key) if checked is None else checked
+    tz = _timezone(c, "history.timezone", h.get("timezone", quota_tz))
+    return History(enabled, file, interval or 300, timezone=tz, **keep)
 
 
 def _match(c: _Checker, key: str, raw: object) -> Match:
@@ -771,6 +810,13 @@ def parse(
                     f"makes notify.slice_address {_shown(address)}, not a mail address",
                 )
     metrics = _metrics(c, doc.get("metrics"))
+    history = _history(c, doc.get("history"), period.timezone)
+    if history.file is not None:
+        from bwbpf.state import journal_file, state_file
+
+        ledger_file = state_file(state_dir, interface)
+        if history.file in (ledger_file, journal_file(ledger_file)):
+            c.fail("history.file", f"must not be the state file {_shown(history.file)}")
     if c.problems:
         raise ConfigError(c.listed("problems"))
     assert default_slice is not None
@@ -789,6 +835,7 @@ def parse(
         slices=tuple(slices),
         notify=notify,
         metrics=metrics,
+        history=history,
         warnings=tuple(c.listed("warnings")),
         sources=tuple(c.sources),
         digest=hashlib.sha256(text.encode()).hexdigest(),

@@ -41,6 +41,7 @@ from bwbpf.limits import DCLASSES
 from bwbpf.model import Config, Notify, Slice
 from bwbpf.notify import CappedClass
 from bwbpf.policy import Decision
+from bwbpf.recorder import Recorder
 from bwbpf.shaper import Shaper
 from bwbpf.tree import ClassSpec, desired_tree, leaf
 from bwbpf.tree import handles as tree_handles
@@ -407,6 +408,9 @@ class Daemon:
         self._cleanup_due = False  # classes no configured slice owns may be installed
         self.cleanup_problems: list[str] = []
         self._freeze_due = False  # heap.freeze after the next tick: a reload made garbage
+        # The usage history's writer ([history]); None when off or when it cannot be opened.
+        self.history: Recorder | None = None
+        self.history_problems: list[str] = []
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -424,6 +428,7 @@ class Daemon:
         self.clock.start(self.ledger.last_read_at())
         if self.clock.start_note:
             log.warning("%s: %s", self.cfg.interface, self.clock.start_note)
+        self._open_history()
         if self.dry_run:
             log.info("dry run: no HTB class will change and no mail will be sent")
         else:
@@ -440,6 +445,7 @@ class Daemon:
                 now = self.clock.now() if self.clock.started else time.time()
                 self._state.save(self.ledger, now, whole=True)
         finally:
+            self._close_history()
             self._end_work()
             self.exporter.close()
             self.stat_server.close()
@@ -529,6 +535,8 @@ class Daemon:
             # Nothing applied, but stat shows what would be, as the ledger records it.
             self._record_ceilings(self._moved(decisions, redecided))
         self._guard(self._save, now)
+        if self.history is not None:
+            self._guard(self.history.observe, self.ledger, self.ledger.changed, now)
         if not self.dry_run:
             self._guard(self._notify, decisions, now, redecided | self._mail_retry)
         # Metrics before status: a textfile that cannot be written shows in `bwbpf stat`.
@@ -693,6 +701,38 @@ class Daemon:
             with contextlib.suppress(Exception):
                 shaper.close()
 
+    def _open_history(self) -> None:
+        """Start writing the history [history] asks for, after adding what the ledger has
+        and the history does not. A database that cannot be opened is a problem shown in
+        stat until a reload opens it; the quotas are kept meanwhile."""
+        if not self.cfg.history.enabled or self._lock is None:
+            return
+        now = self.clock.now()
+        try:
+            recorder = Recorder(self.cfg, now)
+            try:
+                recorder.catch_up(self.ledger, now)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    recorder.close(now)
+                raise
+        except Error as exc:
+            problem = f"{exc}; no history is written until a reload"
+            log.error("%s", problem)
+            self.history_problems = [problem]
+            return
+        self.history = recorder
+        self.history_problems = [recorder.problem] if recorder.problem else []
+
+    def _close_history(self) -> None:
+        recorder, self.history = self.history, None
+        if recorder is not None:
+            now = self.clock.now() if self.clock.started else time.time()
+            try:
+                recorder.close(now)
+            except Error as exc:
+                log.error("%s", exc)
+
     def _save(self, now: float) -> None:
         self._state.save(self.ledger, now)
 
@@ -762,6 +802,7 @@ class Daemon:
     def _problems(self) -> list[str]:
         return (
             self.lasting_problems
+            + self.history_problems
             + self.reload_problems
             + self.cleanup_problems
             + self.exporter.problems
@@ -951,6 +992,7 @@ class Daemon:
             self._decider.reset()
             self._textfile_at = 0.0
             self.ledger.periods_changed()
+            self._adopt_history(old, new)
             if not self.dry_run:
                 # New slices and matches need new match maps, not only new classes.
                 self._install(recorded_ceilings(new, self.ledger))
@@ -965,6 +1007,17 @@ class Daemon:
         self.reload_problems = []
         self._freeze_due = True
         sd_notify("READY=1")
+
+    def _adopt_history(self, old: Config, new: Config) -> None:
+        """A reload: the recorder follows the new slices; new [history] settings (or a
+        database that could not be opened before) mean closing and opening again."""
+        same = (old.history, old.history_path) == (new.history, new.history_path)
+        if self.history is not None and same:
+            self._guard(self.history.adopt, new, self.ledger, self.clock.now())
+            return
+        self._close_history()
+        self.history_problems = []
+        self._open_history()
 
     def _reload_failed(self, exc: Exception) -> None:
         """Whatever went wrong (an invalid file, any unexpected exception, an install

@@ -102,6 +102,38 @@ class Metrics:
 
 
 @dataclass(frozen=True, slots=True)
+class History:
+    """Usage history in SQLite (bwbpf/history.py): bytes and packets per slice and destination
+    class in 5-minute, hourly, daily, monthly and yearly rows, and each quota period's total.
+    ``keep``: how many of each resolution's units are kept (vnStat's defaults: 48 hours of
+    5-minute rows, 4 days of hours, 62 days of days, 25 months, every year); -1 keeps all,
+    0 keeps none."""
+
+    enabled: bool = True
+    # None: history-<interface>.sqlite in the state directory.
+    file: str | None = None
+    # Written at most this often (seconds), and whenever a 5-minute row is complete.
+    write_interval_s: int = 300
+    fiveminute_hours: int = 48
+    hourly_days: int = 4
+    daily_days: int = 62
+    monthly_months: int = 25
+    yearly_years: int = -1
+    # Where days, months and years begin (the quota's time zone unless set).
+    timezone: str = "UTC"
+
+    def keep(self) -> tuple[int, int, int, int, int]:
+        """Retention per resolution, finest first (history.RESOLUTIONS)."""
+        return (
+            self.fiveminute_hours,
+            self.hourly_days,
+            self.daily_days,
+            self.monthly_months,
+            self.yearly_years,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     interface: str
@@ -117,6 +149,7 @@ class Config:
     slices: tuple[Slice, ...]
     notify: Notify | None = None
     metrics: Metrics | None = None
+    history: History = field(default_factory=History)
     warnings: tuple[str, ...] = field(default=(), compare=False)
     # The files it was read from besides ``path`` (exempt files), for configcache.
     sources: tuple[str, ...] = field(default=(), compare=False)
@@ -132,6 +165,11 @@ class Config:
         if os.path.dirname(full) != os.path.normpath(base):
             raise ValueError(f"{self.path}: node.interface: {self.interface!r} would leave {base}")
         return full
+
+    @property
+    def history_path(self) -> str:
+        """The history database: [history] file, else one per interface in state_dir."""
+        return self.history.file or os.path.join(self.state_dir, f"history-{self.interface}.sqlite")
 
     def all_slices(self) -> tuple[Slice, ...]:
         """The default slice first, then the configured ones."""
