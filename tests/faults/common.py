@@ -58,6 +58,35 @@ normal = {{ limit = "{limit}", threshold = 0.5, max_rate = "{max_rate}", min_rat
 """
 
 
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+# libfaketime 0.9.10 (Debian 12) shifts the deadline of an absolute clock_nanosleep on
+# CLOCK_MONOTONIC by the wall clock even when told not to fake that clock, and the kernel
+# refuses the negative time: Python 3.11's time.sleep, which sleeps that way, always fails
+# with EINVAL (so does subprocess.run with a timeout, as the daemon's classifier loader
+# calls it). Preloaded in front of libfaketime, this sends sleeps on every clock but the
+# wall clock's straight to the kernel, as they would go without libfaketime; wall clock
+# sleeps still go through it.
+SLEEP_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+int clock_nanosleep(clockid_t id, int flags, const struct timespec *req,
+                    struct timespec *rem) {
+    static int (*next)(clockid_t, int, const struct timespec *, struct timespec *);
+    if (id != CLOCK_REALTIME && id != CLOCK_REALTIME_ALARM && id != CLOCK_TAI)
+        return syscall(SYS_clock_nanosleep, id, flags, req, rem) == 0 ? 0 : errno;
+    if (next == NULL)
+        next = dlsym(RTLD_NEXT, "clock_nanosleep");
+    return next(id, flags, req, rem);
+}
+"""
+
+
 class FaultEnv:
     def __init__(self, tmp: Path) -> None:
         self.topo = Topology(
@@ -348,3 +377,16 @@ def fill(directory: Path) -> Path:
         except OSError:
             pass
     return filler
+
+
+def faked_daemon(env: FaultEnv, offset: Path, shim: Path) -> subprocess.Popen[bytes]:
+    """The daemon with libfaketime preloaded: its wall clock is offset by what the file
+    ``offset`` says (rewritten by the test); its monotonic clock stays real."""
+    return env.start_daemon(
+        {
+            "LD_PRELOAD": f"{shim}:{LIBFAKETIME}",
+            "FAKETIME_TIMESTAMP_FILE": str(offset),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+    )

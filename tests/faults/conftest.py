@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.faults.common import FaultEnv
+from tests.faults.common import LIBFAKETIME, SLEEP_SHIM, FaultEnv
+from tests.integration.netns import sh
 
 
 @pytest.fixture
@@ -23,3 +25,16 @@ def env(tmp_path: Path) -> Iterator[FaultEnv]:
         yield e
     finally:
         e.cleanup()
+
+
+@pytest.fixture(scope="module")
+def sleep_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not os.path.exists(LIBFAKETIME):
+        pytest.skip(f"libfaketime is not installed ({LIBFAKETIME}; Debian package faketime)")
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler for the sleep shim libfaketime needs (Debian package gcc)")
+    work = tmp_path_factory.mktemp("sleep-shim")
+    (work / "shim.c").write_text(SLEEP_SHIM)
+    lib = work / "shim.so"
+    sh("cc", "-shared", "-fPIC", "-O2", "-o", str(lib), str(work / "shim.c"), "-ldl")
+    return lib

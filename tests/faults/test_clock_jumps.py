@@ -9,9 +9,6 @@ the receiver got.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,54 +16,12 @@ from pathlib import Path
 import pytest
 
 from bwbpf.status import DaemonStatus
-from tests.faults.common import SLICE, FaultEnv
+from tests.faults.common import SLICE, FaultEnv, faked_daemon
 from tests.helpers import stop_cleanly
-from tests.integration.netns import sh
 
 pytestmark = [pytest.mark.root, pytest.mark.faults]
 
-LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 PAYLOAD = 958  # 1,000 bytes on the wire
-DAY = 86400
-
-# libfaketime 0.9.10 (Debian 12) shifts the deadline of an absolute clock_nanosleep on
-# CLOCK_MONOTONIC by the wall clock even when told not to fake that clock, and the kernel
-# refuses the negative time: Python 3.11's time.sleep, which sleeps that way, always fails
-# with EINVAL (so does subprocess.run with a timeout, as the daemon's classifier loader
-# calls it). Preloaded in front of libfaketime, this sends sleeps on every clock but the
-# wall clock's straight to the kernel, as they would go without libfaketime; wall clock
-# sleeps still go through it.
-SLEEP_SHIM = r"""
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <errno.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
-
-int clock_nanosleep(clockid_t id, int flags, const struct timespec *req,
-                    struct timespec *rem) {
-    static int (*next)(clockid_t, int, const struct timespec *, struct timespec *);
-    if (id != CLOCK_REALTIME && id != CLOCK_REALTIME_ALARM && id != CLOCK_TAI)
-        return syscall(SYS_clock_nanosleep, id, flags, req, rem) == 0 ? 0 : errno;
-    if (next == NULL)
-        next = dlsym(RTLD_NEXT, "clock_nanosleep");
-    return next(id, flags, req, rem);
-}
-"""
-
-
-@pytest.fixture(scope="module")
-def sleep_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not os.path.exists(LIBFAKETIME):
-        pytest.skip(f"libfaketime is not installed ({LIBFAKETIME}; Debian package faketime)")
-    if shutil.which("cc") is None:
-        pytest.skip("no C compiler for the sleep shim libfaketime needs (Debian package gcc)")
-    work = tmp_path_factory.mktemp("sleep-shim")
-    (work / "shim.c").write_text(SLEEP_SHIM)
-    lib = work / "shim.so"
-    sh("cc", "-shared", "-fPIC", "-O2", "-o", str(lib), str(work / "shim.c"), "-ldl")
-    return lib
 
 
 @pytest.fixture
@@ -77,17 +32,6 @@ def offset(env: FaultEnv, sleep_shim: Path) -> Iterator[Path]:
     path.write_text("+0\n")
     env.write_config(limit="1MB", period="1h", tick="1s")
     yield path
-
-
-def faked_daemon(env: FaultEnv, offset: Path, shim: Path) -> subprocess.Popen[bytes]:
-    return env.start_daemon(
-        {
-            "LD_PRELOAD": f"{shim}:{LIBFAKETIME}",
-            "FAKETIME_TIMESTAMP_FILE": str(offset),
-            "FAKETIME_NO_CACHE": "1",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        }
-    )
 
 
 def jump(offset: Path, text: str, ticks_after: float) -> None:
