@@ -9,11 +9,14 @@ import random
 import sqlite3
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from click.testing import CliRunner
 
 from bwbpf import config, daemon, history, historyview, periods
+from bwbpf.cli import main
 from bwbpf.errors import ConfigError, Error
 from bwbpf.history import DAY, FIVE_MIN, HOUR, MONTH, YEAR, Store
 from bwbpf.ledger import Ledger
@@ -636,3 +639,74 @@ def test_history_file_may_not_be_the_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state" / "ledger-lo.json"
     with pytest.raises(ConfigError, match=r"history\.file: must not be the state file"):
         make_config(tmp_path, f'[history]\nfile = "{state}"')
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def test_history_command_prints_json_csv_and_text(cfg: config.Config) -> None:
+    filled_store(cfg)
+    common = ("history", "-c", cfg.path, "--since", "2026-12-01", "--until", "2026-12-03")
+    result = cli(*common, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert [s["name"] for s in doc["slices"]] == ["alice", "bob", "gone"]
+    result = cli(*common, "--csv", "bob")
+    assert result.output.splitlines()[1].startswith("bob,2026-12-01T00:00:00+00:00,")
+    result = cli(*common, "--top", "1")
+    assert result.exit_code == 0 and " 1 bob" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--since", "soon"), 1, "bwbpf: --since 'soon': not a time"),
+        (("--until", "2026-02-30"), 1, "bwbpf: --until '2026-02-30': not a time"),
+        (("--since", "1d", "--until", "2d"), 1, "must be before --until"),
+        (("--json", "--csv"), 2, "--json and --csv exclude each other"),
+        (("--top", "0"), 2, "Invalid value for '--top'"),
+        (("--top", "-5"), 2, "Invalid value for '--top'"),
+        (("--hours", "--days", "--weeks"), 2, "No such option"),
+    ],
+)
+def test_history_command_refuses_bad_options_in_one_line(
+    cfg: config.Config, args: tuple[str, ...], code: int, message: str
+) -> None:
+    filled_store(cfg)
+    result = cli("history", "-c", cfg.path, *args)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_history_command_without_a_database_or_with_history_off(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    result = cli("history", "-c", cfg.path)
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"bwbpf: history {cfg.history_path}: no such file (the daemon writes it)"
+    )
+    off = make_config(tmp_path, "[history]\nenabled = false")
+    result = cli("history", "-c", off.path)
+    assert result.exit_code == 1 and "history is off ([history] enabled = false)" in result.output
+
+
+def test_history_command_on_a_foreign_file_changes_nothing(cfg: config.Config) -> None:
+    os.makedirs(cfg.state_dir, exist_ok=True)
+    with open(cfg.history_path, "wb") as f:
+        f.write(b"\x7fELF" + b"\x00" * 4000)
+    result = cli("history", "-c", cfg.path)
+    assert result.exit_code == 1
+    assert "file is not a database" in result.output and "Traceback" not in result.output
+    assert Path(cfg.history_path).read_bytes()[:4] == b"\x7fELF"
+
+
+def test_history_command_names_slices_without_history(cfg: config.Config) -> None:
+    filled_store(cfg)
+    result = cli("history", "-c", cfg.path, "--since", "2026-12-01", "alice", "bob", "nobody")
+    assert result.exit_code == 0
+    assert "no history in this range for: nobody" in result.output
