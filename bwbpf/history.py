@@ -54,19 +54,18 @@ CREATE TABLE period (
 ) WITHOUT ROWID;
 """
 
-# Adds to a bucket; the slice's id comes from its name (inserted before, in the transaction).
 _ADD_USAGE = """
-INSERT INTO usage (res, start, slice, dclass, bytes, packets)
-SELECT ?, ?, id, ?, ?, ? FROM slice WHERE name = ?
+INSERT INTO usage (res, start, slice, dclass, bytes, packets) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (res, start, slice, dclass)
 DO UPDATE SET bytes = bytes + excluded.bytes, packets = packets + excluded.packets
 """
 _SET_PERIOD = """
-INSERT INTO period (slice, dclass, start, end, bytes, packets)
-SELECT id, ?, ?, ?, ?, ? FROM slice WHERE name = ?
+INSERT INTO period (slice, dclass, start, end, bytes, packets) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (slice, dclass, start)
 DO UPDATE SET end = excluded.end, bytes = excluded.bytes, packets = excluded.packets
 """
+# Names looked up per statement (SQLite allows 32,766 parameters).
+_NAMES_PER_SELECT = 500
 
 
 class Added(NamedTuple):
@@ -162,6 +161,9 @@ class Store:
     def __init__(self, path: str, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+        # The ids of the slice names written so far: only slices that sent are here, and a
+        # write with ids costs two thirds of one that looks each name up in SQL.
+        self._ids: dict[str, int] = {}
 
     @classmethod
     def open(cls, path: str, interface: str, now: float | None = None) -> tuple[Store, str | None]:
@@ -236,26 +238,27 @@ class Store:
         transaction: all of it is written or none. Error on failure (disk full, corrupt)."""
         if not added and not periods:
             return
-        starts: dict[float, tuple[int, ...]] = {}
-        usage = []
-        for a in added:
-            if not (a.bytes or a.packets):
-                continue
-            s = starts.get(a.at)
-            if s is None:
-                s = starts[a.at] = bucket_starts(a.at, tz)
-            for res, start in enumerate(s):
-                if keep[res] != 0:
-                    usage.append((res, start, a.dclass, a.bytes, a.packets, a.name))
-        names = {(a.name,) for a in added} | {(p.name,) for p in periods}
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany("INSERT OR IGNORE INTO slice (name) VALUES (?)", names)
+                new_ids = self._new_ids({a.name for a in added} | {p.name for p in periods})
+                ids = self._ids if not new_ids else {**self._ids, **new_ids}
+                starts: dict[float, tuple[int, ...]] = {}
+                usage = []
+                for a in added:
+                    if not (a.bytes or a.packets):
+                        continue
+                    s = starts.get(a.at)
+                    if s is None:
+                        s = starts[a.at] = bucket_starts(a.at, tz)
+                    sid = ids[a.name]
+                    for res, start in enumerate(s):
+                        if keep[res] != 0:
+                            usage.append((res, start, sid, a.dclass, a.bytes, a.packets))
                 self._conn.executemany(_ADD_USAGE, usage)
                 self._conn.executemany(
                     _SET_PERIOD,
-                    ((p.dclass, p.start, p.end, p.bytes, p.packets, p.name) for p in periods),
+                    ((ids[p.name], p.dclass, p.start, p.end, p.bytes, p.packets) for p in periods),
                 )
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -266,6 +269,26 @@ class Store:
             raise WriteError(
                 f"history {self.path}: cannot write: {_reason(exc)}", corrupt=_corrupt(exc)
             ) from None
+        # Only once committed: a rolled-back insert's ids are not the slices'.
+        self._ids.update(new_ids)
+
+    def _new_ids(self, names: set[str]) -> dict[str, int]:
+        """The ids of the names not looked up before, inserting those the database lacks
+        (in the caller's transaction)."""
+        missing = [n for n in names if n not in self._ids]
+        if not missing:
+            return {}
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO slice (name) VALUES (?)", ((n,) for n in missing)
+        )
+        found: dict[str, int] = {}
+        for i in range(0, len(missing), _NAMES_PER_SELECT):
+            chunk = missing[i : i + _NAMES_PER_SELECT]
+            marks = ", ".join("?" * len(chunk))
+            found.update(
+                self._conn.execute(f"SELECT name, id FROM slice WHERE name IN ({marks})", chunk)
+            )
+        return found
 
     def prune(self, now: float, tz: ZoneInfo, keep: Sequence[int]) -> int:
         """Delete the rows older than each resolution keeps, and periods that ended before

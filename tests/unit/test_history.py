@@ -4,6 +4,7 @@ the document ``bwbpf history`` shows. Real SQLite files in tmp_path; the ledger 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sqlite3
@@ -171,6 +172,19 @@ def test_store_adds_to_every_resolution_and_reopens(tmp_path: Path) -> None:
         assert [(r.name, r.bytes, r.packets) for r in rows] == [("alice", 1500, 3)]
         assert rows[0].start == history.bucket_starts(at, UTC)[res]
     store.close()
+
+
+def test_a_write_that_fails_writes_nothing_and_the_next_one_is_whole(tmp_path: Path) -> None:
+    store, _ = Store.open(str(tmp_path / "h.sqlite"), "eth0")
+    keep = (48, 4, 62, 25, -1)
+    bad = history.PeriodRow("carol", 0, math.nan, T0, 1, 1)  # NOT NULL refuses NaN
+    with pytest.raises(history.WriteError, match="cannot write: NOT NULL constraint failed"):
+        store.write([history.Added("carol", 0, T0, 10, 1)], [bad], UTC, keep)
+    assert store.names() == [] and store.usage(DAY, 0, 2**40) == []
+    store.write(
+        [history.Added("dave", 0, T0, 5, 1), history.Added("carol", 0, T0, 10, 1)], [], UTC, keep
+    )
+    assert [(u.name, u.bytes) for u in store.usage(DAY, 0, 2**40)] == [("carol", 10), ("dave", 5)]
 
 
 def test_a_resolution_kept_for_zero_units_gets_no_rows(tmp_path: Path) -> None:
