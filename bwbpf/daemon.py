@@ -356,13 +356,22 @@ class Daemon:
         take_over: bool = False,
         counters: Callable[[str], datapath.Counters] = datapath.Counters,
         mailer: Callable[[EmailMessage, Notify], None] = notify.send,
+        shaper: Callable[[str], Shaper] = Shaper,
+        class_work: Callable[..., classwork.ClassWork] = classwork.ClassWork,
+        node_up: Callable[..., node.UpReport] = node.up,
     ) -> None:
-        """``counters`` opens the counters pinned in a directory, ``mailer`` sends one
-        mail: the kernel and SMTP, unless a test gives others."""
+        """The kernel and SMTP, unless a test gives others: ``counters`` opens the counters
+        pinned in a directory, ``mailer`` sends one mail, ``shaper`` opens an interface's
+        HTB tree, ``class_work`` starts a job of class creations and deletions
+        (``classwork.ClassWork``'s arguments) and ``node_up`` installs a config
+        (``node.up``'s)."""
         self.cfg = cfg
         self.dry_run = dry_run
         self._open_counters = counters
         self._send_mail = mailer
+        self._open_shaper = shaper
+        self._class_work = class_work
+        self._node_up = node_up
         # Replace another bwbpf's classifier at the first install (only then).
         self._take_over = take_over
         # Set while another bwbpf owns the interface: this daemon then shapes nothing.
@@ -474,7 +483,7 @@ class Daemon:
         pinned = os.path.exists(os.path.join(self.cfg.pin_dir, "counters"))
         # The kept program is attached again when its maps still fit (no compile), else
         # replaced and released: fds and memory stay flat across reloads.
-        report = node.up(
+        report = self._node_up(
             self.cfg,
             ceils,
             current=self._program,
@@ -692,7 +701,7 @@ class Daemon:
 
     def _shaper_open(self) -> Shaper:
         if self._shaper is None:
-            self._shaper = Shaper(self.cfg.interface)
+            self._shaper = self._open_shaper(self.cfg.interface)
         return self._shaper
 
     def _shaper_close(self) -> None:
@@ -885,7 +894,7 @@ class Daemon:
         )
         self._adopting = new
         self._run_work(
-            classwork.ClassWork(new.interface, create=missing, wake=self.signals.wake), background
+            self._class_work(new.interface, create=missing, wake=self.signals.wake), background
         )
 
     def advance(self, background: bool = True) -> None:
@@ -967,7 +976,7 @@ class Daemon:
 
     def _begin_cleanup(self, background: bool) -> None:
         try:
-            with Shaper(self.cfg.interface) as shaper:
+            with self._open_shaper(self.cfg.interface) as shaper:
                 stale = shaper.stale(tree_handles(self.cfg), shaper.classes())
         except Exception as exc:
             self.cleanup_problems = [f"{self.cfg.interface}: listing HTB classes: {one_line(exc)}"]
@@ -975,7 +984,7 @@ class Daemon:
             return
         if stale:
             self._run_work(
-                classwork.ClassWork(self.cfg.interface, delete=stale, wake=self.signals.wake),
+                self._class_work(self.cfg.interface, delete=stale, wake=self.signals.wake),
                 background,
             )
         else:

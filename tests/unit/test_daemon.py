@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bwbpf import classid, config, daemon, lifecycle, metrics, periods, state, status
+from bwbpf import classid, config, daemon, lifecycle, metrics, node, periods, state, status
 from bwbpf.datapath import Usage
 from bwbpf.errors import ConfigError, Error
 from bwbpf.ledger import Ledger
@@ -493,17 +493,16 @@ def test_a_reload_that_fails_half_way_restores_the_old_config(
     cfg: config.Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     new = make_config(tmp_path, notify="")
-    d = daemon.Daemon(cfg)
     installed: list[config.Config] = []
 
-    def install(_ceils: Any) -> None:
-        installed.append(d.cfg)
-        if d.cfg == new:  # a copy: the daemon reads configs in a child (heap.isolated)
+    def up(c: config.Config, _ceils: Any, **_kw: Any) -> node.UpReport:
+        installed.append(c)
+        if c == new:  # a copy: the daemon reads configs in a child (heap.isolated)
             raise struct.error("'Q' format requires 0 <= number <= 18446744073709551615")
+        return node.UpReport(False, 0, [], ())
 
+    d = daemon.Daemon(cfg, node_up=up, counters=fake_counters)
     monkeypatch.setattr(daemon.config, "load", lambda _p, **_kw: new)
-    d._install = install  # type: ignore[method-assign]
-    d._classes_missing = lambda _cfg: []  # type: ignore[method-assign]
     assert d.reload() is False
     assert d.cfg is cfg
     assert installed == [new, cfg]  # the old one installed again
@@ -533,6 +532,9 @@ class FakeCounters:
 
     def errors(self) -> Any:
         return {}
+
+    def repin(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -604,6 +606,15 @@ class FakeWork:
 STALE = classid.slice_class(99, NORMAL)
 
 
+def fake_works(works: list[FakeWork]) -> Any:
+    """A ``class_work`` for Daemon: each job a FakeWork, appended to ``works``."""
+    return lambda _ifname, create=(), delete=(), wake=None: FakeWork(works, create, delete)
+
+
+def fake_counters(_pin_dir: str) -> Any:
+    return FakeCounters()
+
+
 class FakeShaper:
     def __init__(self, _ifname: str) -> None:
         pass
@@ -631,20 +642,19 @@ def test_a_reload_is_in_force_once_its_classes_exist(
     SIGHUP meanwhile is read after it; a job that fails keeps the config in use and its
     classes are removed; a cleanup cancelled by a SIGHUP is done again after the reload."""
     works: list[FakeWork] = []
-    monkeypatch.setattr(
-        daemon.classwork,
-        "ClassWork",
-        lambda _ifname, create=(), delete=(), wake=None: FakeWork(works, create, delete),
-    )
-    monkeypatch.setattr(daemon, "Shaper", FakeShaper)
-    d = daemon.Daemon(cfg)
     installed: list[list[str]] = []
 
-    def install(_ceils: Any, remove: bool = False) -> None:
-        installed.append([s.name for s in d.cfg.slices])
-        d._cleanup_due = not remove
+    def up(c: config.Config, _ceils: Any, **_kw: Any) -> node.UpReport:
+        installed.append([s.name for s in c.slices])
+        return node.UpReport(False, 0, [], ())
 
-    d._install = install  # type: ignore[method-assign]
+    d = daemon.Daemon(
+        cfg,
+        class_work=fake_works(works),
+        shaper=FakeShaper,  # type: ignore[arg-type]
+        node_up=up,
+        counters=fake_counters,
+    )
     text = Path(cfg.path).read_text()
     Path(cfg.path).write_text(text + _slice_toml("carol", 7))
     d._reload_due = True
@@ -697,12 +707,7 @@ def test_stop_abandons_a_reload_whose_classes_are_being_made(
     cfg: config.Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     works: list[FakeWork] = []
-    monkeypatch.setattr(
-        daemon.classwork,
-        "ClassWork",
-        lambda _ifname, create=(), delete=(), wake=None: FakeWork(works, create, delete),
-    )
-    d = daemon.Daemon(cfg)
+    d = daemon.Daemon(cfg, class_work=fake_works(works))
     Path(cfg.path).write_text(Path(cfg.path).read_text() + _slice_toml("carol", 7))
     d.begin_reload()
     assert works[0].started and d._adopting is not None
