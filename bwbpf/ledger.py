@@ -509,6 +509,12 @@ def _json_time(seconds: float | None) -> str:
     return _FLOAT_REPR(seconds) if isinstance(seconds, float) else f"{seconds:d}"
 
 
+def slice_record(name: str, raw: object) -> SliceRecord:
+    """One slice of ``to_dict()['slices']`` as a record; ValueError naming what is wrong.
+    (``from_dict`` also bounds the times by the clock; a reader of one slice cannot.)"""
+    return _slice_record(name, raw, f"slices.{name}", None, None)
+
+
 def _slice_record(
     name: object, raw: object, where: str, now: float | None, saved_at: float | None
 ) -> SliceRecord:

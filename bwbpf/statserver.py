@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from bwbpf import classid, datapath, heap, limits, periods, report
+from bwbpf import classid, datapath, heap, periods, report, status
 from bwbpf.ledger import SliceRecord
 from bwbpf.model import Config, Slice
 from bwbpf.shaper import installed_rate
@@ -48,25 +48,6 @@ class TickView(NamedTuple):
     records: Mapping[str, SliceRecord]
     # status.DaemonStatus.summary() of this daemon.
     daemon: dict[str, Any]
-
-
-def saved(record: SliceRecord) -> dict[str, Any] | None:
-    """A ledger record in the shape ``status.slices`` reads from the state file."""
-    if not record.live:
-        return None
-    return {
-        "period_start": record.period_start,
-        "period_end": record.period_end,
-        "classes": {
-            name: {
-                "bytes": c.used_bytes,
-                "counter_bytes": 0 if c.last is None else c.last[0],
-                "capped": c.capped,
-                "ceil_bps": c.ceil_bps,
-            }
-            for name, c in zip(limits.DCLASSES, record.classes, strict=True)
-        },
-    }
 
 
 def _ceilings(s: Slice, record: SliceRecord | None) -> dict[int, int | None]:
@@ -130,7 +111,7 @@ class Encoder:
             ):
                 text = kept[4]
             else:
-                st = saved(record) if record is not None else None
+                st = status.slice_view(record) if record is not None else None
                 entry = report.slice_entry(
                     cfg.policy, s, pair, st, _ceilings(s, record).get, unsaved
                 )

@@ -16,6 +16,7 @@ from typing import Any
 
 from bwbpf import state
 from bwbpf.errors import Error
+from bwbpf.ledger import SliceRecord, slice_record
 from bwbpf.limits import DCLASSES
 from bwbpf.model import Config
 
@@ -88,30 +89,35 @@ def slices(
     not yet saved."""
     out: dict[str, dict[str, Any]] = {}
     for s in cfg.all_slices():
-        if names and s.name not in names:
+        if (names and s.name not in names) or s.name not in saved:
             continue
-        raw = saved.get(s.name)
         try:
-            if not raw["live"]:
-                continue
-            classes = {}
-            for name in DCLASSES:
-                c = raw[name]
-                last = c["last"]
-                classes[name] = {
-                    "bytes": int(c["used_bytes"]),
-                    "counter_bytes": 0 if last is None else int(last[0]),
-                    "capped": bool(c["capped"]),
-                    "ceil_bps": None if c["ceil_bps"] is None else int(c["ceil_bps"]),
-                }
-            out[s.name] = {
-                "period_start": float(raw["period_start"]),
-                "period_end": float(raw["period_end"]),
-                "classes": classes,
-            }
-        except (TypeError, KeyError, IndexError, ValueError):
+            view = slice_view(slice_record(s.name, saved[s.name]))
+        except ValueError:
             continue
+        if view is not None:
+            out[s.name] = view
     return out
+
+
+def slice_view(record: SliceRecord) -> dict[str, Any] | None:
+    """What stat shows of a ledger record (report.slice_entry reads it); None for a dead
+    slice. The daemon's answer (statserver) and the files' (``slices``) both make it here."""
+    if not record.live:
+        return None
+    return {
+        "period_start": record.period_start,
+        "period_end": record.period_end,
+        "classes": {
+            name: {
+                "bytes": c.used_bytes,
+                "counter_bytes": 0 if c.last is None else c.last[0],
+                "capped": c.capped,
+                "ceil_bps": c.ceil_bps,
+            }
+            for name, c in zip(DCLASSES, record.classes, strict=True)
+        },
+    }
 
 
 def _read_doc(cfg: Config) -> DaemonStatus | None:

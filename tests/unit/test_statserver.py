@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from bwbpf import config, report, statserver
+from bwbpf import config, report, statserver, status
 from bwbpf.datapath import Usage
-from bwbpf.ledger import ClassRecord, SliceRecord
+from bwbpf.ledger import ClassRecord, SliceRecord, slice_json
 
 TEXT = """
 [node]
@@ -49,15 +49,13 @@ def _live(cfg: config.Config, extra: int = 0) -> dict[int, tuple[Usage, Usage]]:
 
 def _expected(view: statserver.TickView, live: Mapping[int, tuple[Usage, Usage]]) -> bytes:
     cfg = view.cfg
-    saved = {}
     ceilings: dict[int, int | None] = {}
     for s in cfg.all_slices():
         record = view.records.get(s.name)
         if record is not None:
             ceilings.update(statserver._ceilings(s, record))
-            entry = statserver.saved(record)
-            if entry is not None:
-                saved[s.name] = entry
+    # What stat makes of the same records read back from the state file.
+    saved = status.slices(cfg, {n: json.loads(slice_json(r)) for n, r in view.records.items()})
     doc = report.document(
         cfg,
         cfg.all_slices(),
