@@ -672,6 +672,12 @@ def _node_rate(c: _Checker, key: str, value: object) -> int | None:
     return rate
 
 
+def text_digest(text: str) -> str:
+    """``Config.digest`` of a config parsed from ``text``: whether two processes, or the
+    cache and the file, hold the same text."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def parse(
     text: str, path: str = "<config>", check_interface: bool = True, environment: bool = True
 ) -> Config:
@@ -838,7 +844,7 @@ def parse(
         history=history,
         warnings=tuple(c.listed("warnings")),
         sources=tuple(c.sources),
-        digest=hashlib.sha256(text.encode()).hexdigest(),
+        digest=text_digest(text),
     )
 
 

@@ -51,7 +51,7 @@ def load(path: str, only: Collection[str] | None = None) -> Config:
     ``only``, the Config holds only the slices of those names that exist (and the default
     slice): what a command about those slices needs."""
     text = config.read_config(path)
-    digest = _sha256(text.encode())
+    digest = config.text_digest(text)
     entry_path = os.path.join(cache_dir(), _sha256(os.path.abspath(path).encode()) + ".pickle")
     entry = _read_entry(entry_path)
     if entry is not None and _fresh(entry, path, digest):
