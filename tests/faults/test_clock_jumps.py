@@ -9,6 +9,7 @@ the receiver got.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,11 @@ def test_forward_and_back_keeps_the_period_and_its_usage(
     assert period_of(behind) == period
     assert any("behind" in p for p in behind.problems), behind.problems
     stop_cleanly(d)
+    # The history followed the ledger through the jumps: one period, all of it.
+    args = ("history", "-c", str(env.config), "--periods", "--json", "--since", "60d")
+    doc = json.loads(env.topo.bwbpf(*args).stdout)
+    (web,) = [s for s in doc["slices"] if s["name"] == SLICE]
+    assert [(r["start_epoch"], r["normal_bytes"]) for r in web["rows"]] == [(period[0], sent)]
 
 
 def test_a_clock_set_back_across_a_restart_reopens_nothing(
