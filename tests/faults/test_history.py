@@ -81,11 +81,18 @@ def test_two_days_with_a_kill_in_between_equal_the_ledger(env: FaultEnv, sleep_s
     store.close()
 
     d = faked_daemon(env, offset, sleep_shim)
-    wait_for(
-        "the catch-up",
-        lambda: f"added {second} bytes the ledger had and the history did not" in env.daemon_log(),
-        timeout=60,
-    )
+
+    def caught_up() -> bool:
+        store = history.Store.open_readonly(str(history_path(env)), env.topo.veth_a)
+        try:
+            rows = store.usage(history.DAY, day2_start, day2_start + 86400, [SLICE])
+        finally:
+            store.close()
+        return [(r.dclass, r.bytes) for r in rows] == [(0, second)]
+
+    # Written at start, before the first tick: what the ledger had and the history did not.
+    wait_for("the catch-up", caught_up, timeout=60)
+    assert "bytes the ledger had and the history did not" in env.daemon_log()
     third = env.send(15, PAYLOAD)
     env.wait_received(first + second + third)
     wait_charged(env, second + third)
