@@ -14,8 +14,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from click.testing import CliRunner
 
 from bwbpf import config, historychart, historyview
+from bwbpf.cli import main
 from bwbpf.errors import Error
 from bwbpf.history import Added, PeriodRow, Store
 
@@ -319,3 +321,98 @@ def test_matplotlib_is_imported_only_to_draw() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def history(cfg: config.Config, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(
+        main, ["history", "-c", cfg.path, "--since", "2026-12-01", "--until", "2026-12-03", *args]
+    )
+    return result.exit_code, result.stdout, result.stderr
+
+
+@needs_matplotlib
+def test_cli_writes_png_and_svg_instead_of_the_table(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    fill(cfg, {"alice": [(7 * MB, MB), (9 * MB, 0)], "bob": [(2 * MB, 0)]})
+    png, svg = tmp_path / "h.png", tmp_path / "h.svg"
+    code, out, err = history(cfg, "alice", "--png", str(png), "--svg", str(svg))
+    assert (code, err) == (0, "")
+    assert out == f"wrote {png}\nwrote {svg}\n"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "lo · alice · daily usage" in svg.read_text()
+    code, out, _ = history(cfg, "--top", "1", "--svg", str(svg))
+    assert code == 0 and out == f"wrote {svg}\n"
+    text = svg.read_text()
+    assert "lo · alice · daily usage" in text and ">bob" not in text
+
+
+@needs_matplotlib
+def test_cli_an_empty_range_writes_a_chart_that_says_so(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    fill(cfg, {"alice": [(MB, 0)]})
+    svg = tmp_path / "h.svg"
+    code, out, err = history(cfg, "bob", "--svg", str(svg))
+    assert code == 0 and out == f"wrote {svg}\n"
+    assert err == "bwbpf: no history in this range for: bob\n"
+    assert "no traffic recorded" in svg.read_text()
+
+
+@pytest.mark.parametrize("option", ["--png", "--svg"])
+def test_cli_bad_targets_are_one_line_naming_option_and_file(tmp_path: Path, option: str) -> None:
+    # No history database yet: the target is checked before the history is read.
+    cfg = make_config(tmp_path)
+    cases = {
+        str(tmp_path): "is a directory",
+        str(tmp_path / "missing" / "h.out"): f"no such directory: {tmp_path}/missing",
+        "/proc/self/h.out": "directory /proc/self is not writable",
+    }
+    for target, why in cases.items():
+        code, out, err = history(cfg, option, target)
+        assert code == 1 and out == "", (target, err)
+        assert err == f"bwbpf: {option} {target}: {why}\n"
+
+
+@needs_matplotlib
+@pytest.mark.parametrize("option", ["--png", "--svg"])
+def test_cli_a_failed_write_is_one_line(tmp_path: Path, option: str) -> None:
+    cfg = make_config(tmp_path)
+    fill(cfg, {"alice": [(MB, 0)]})
+    code, out, err = history(cfg, option, "/sys/bwbpf-history-test.out")
+    assert code == 1 and out == ""
+    assert err.startswith(f"bwbpf: {option} /sys/bwbpf-history-test.out: cannot write: ")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_without_matplotlib_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_config(tmp_path)  # no history database: matplotlib is asked for first
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    code, out, err = history(cfg, "--png", str(tmp_path / "h.png"))
+    assert (code, out) == (1, "")
+    assert err == "bwbpf: --png needs matplotlib: apt-get install python3-matplotlib\n"
+    assert not (tmp_path / "h.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--png", "a.png", "--json"), "--png and --svg exclude --json and --csv"),
+        (("--svg", "a.svg", "--csv"), "--png and --svg exclude --json and --csv"),
+        (("--png", "same", "--svg", "same"), "--png and --svg name the same file"),
+    ],
+)
+def test_cli_chart_usage_errors(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    cfg = make_config(tmp_path)
+    code, _, err = history(cfg, *args)
+    assert code == 2 and message in err
+
+
+def test_cli_help_has_chart_examples() -> None:
+    result = CliRunner().invoke(main, ["history", "--help"])
+    assert result.exit_code == 0
+    assert "--png alice.png" in result.stdout and "--svg top.svg" in result.stdout
+    assert "no traffic recorded" in result.stdout
