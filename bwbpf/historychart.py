@@ -374,6 +374,7 @@ class _Chart:
         saying how near otherwise."""
         n = len(self.slots)
         tops: list[int] = []
+        drawn = []
         for dname, used, colour in (
             ("normal", normal, NORMAL_COLOUR),
             ("exempt", exempt, EXEMPT_COLOUR),
@@ -381,6 +382,7 @@ class _Chart:
             q = period[dname]
             if self._far(dname, q, max(used, default=0), handles):
                 continue
+            drawn.append(dname)
             for value, style, what in (
                 (q["limit_bytes"], "--", "limit"),
                 (q["threshold_bytes"], ":", "threshold"),
@@ -410,10 +412,13 @@ class _Chart:
                 )
                 tops += ys
         span = self._span(period["start_epoch"], period["end_epoch"])
-        self.note = (
-            f"Lines: the current quota period's limits and thresholds ({span}), over every"
-            " bar; exempt ones over the bar's normal part."
-        )
+        if not drawn:
+            self.note = f"The current quota period's limits ({span}) are far above these bars."
+        else:
+            self.note = (
+                f"Lines: the current quota period's limits and thresholds ({span}), over"
+                " every bar" + ("; exempt ones over its normal part." if "exempt" in drawn else ".")
+            )
         return tops
 
     def _cumulative(self, period: dict[str, Any], s: dict[str, Any], handles: list[Any]) -> None:

@@ -175,7 +175,7 @@ def test_svg_names_the_slice_title_and_limit_lines(tmp_path: Path) -> None:
     # The exempt part stays far below its limit: not drawn, and said so.
     assert "exempt limit  20.0 MB" in svg and "(not drawn: 5% reached)" in svg
     assert "exempt threshold" not in svg
-    assert "Lines: the current quota period's limits" in svg
+    assert "Lines: the current quota period's limits" in svg and "exempt ones" not in svg
     assert "normal  16.0 MB" in svg and "exempt  1.0 MB" in svg
 
 
@@ -188,6 +188,7 @@ def test_exempt_lines_sit_on_the_normal_part(tmp_path: Path) -> None:
     assert "exempt limit  20.0 MB" in svg and "exempt threshold  10.0 MB" in svg
     assert "normal limit  10.0 MB" in svg and "(not drawn: 20% reached)" in svg
     assert "normal threshold" not in svg
+    assert "every bar; exempt ones over its normal part." in svg
 
 
 @needs_matplotlib
