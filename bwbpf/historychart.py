@@ -434,6 +434,7 @@ class _Chart:
         # Over bars of the same colour a line needs an edge to be seen.
         edge = [patheffects.withStroke(linewidth=4.5, foreground="white")]
         tops: list[int] = []
+        drawn = False
         x0, x1 = inside[0] - 0.5, inside[-1] + 0.5
         for dname, colour in (("normal", NORMAL_COLOUR), ("exempt", EXEMPT_COLOUR)):
             series = self._series(s, f"{dname}_bytes")
@@ -458,6 +459,7 @@ class _Chart:
             q = period[dname]
             if self._far(dname, q, max(ys), handles):
                 continue
+            drawn = True
             for value, style, what in (
                 (q["limit_bytes"], "--", "limit"),
                 (q["threshold_bytes"], ":", "threshold"),
@@ -478,9 +480,10 @@ class _Chart:
         right.set_ylim(0, max([*tops, 1]) * 1.08)
         self._bytes_axis(right)
         right.set_ylabel("used this quota period (lines)")
+        span = self._span(start, end)
+        against = " against its limits and thresholds" if drawn else "; its limits are far above"
         self.note = (
-            f"Lines (right axis): the current quota period ({self._span(start, end)}), its"
-            " usage so far against its limits and thresholds."
+            f"Lines (right axis): the current quota period ({span}), its usage so far{against}."
         )
 
     def _far(self, dname: str, q: dict[str, Any], peak: int, handles: list[Any]) -> bool:
