@@ -43,12 +43,12 @@ test-faults: setup ## a real daemon under faults: signal storms, broken reloads,
 	$(PYTEST) tests/faults
 
 lint: venv ## ruff check and format check; C with -Wall -Werror via the bpf tier
-	$(VENV)/bin/ruff check bwbpf tests bench vm
-	$(VENV)/bin/ruff format --check bwbpf tests bench vm
+	$(VENV)/bin/ruff check bwbpf tests bench vm scripts
+	$(VENV)/bin/ruff format --check bwbpf tests bench vm scripts
 
 fix: venv ## ruff fix and format
-	$(VENV)/bin/ruff check --fix bwbpf tests bench vm
-	$(VENV)/bin/ruff format bwbpf tests bench vm
+	$(VENV)/bin/ruff check --fix bwbpf tests bench vm scripts
+	$(VENV)/bin/ruff format bwbpf tests bench vm scripts
 
 bench: setup ## performance figures as ratios to baselines, JSON in bench/results.json
 	$(PY) bench/run.py --out bench/results.json

@@ -5,9 +5,11 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -294,6 +296,8 @@ def stat(config_path: str, as_json: bool, args: tuple[str, ...]) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="The history document as JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV: a line per slice and row.")
+@click.option("--png", metavar="FILE", help="Draw a chart to FILE (PNG) instead of the table.")
+@click.option("--svg", metavar="FILE", help="Draw a chart to FILE (SVG) instead of the table.")
 @click.argument("slices", nargs=-1)
 @_friendly
 def history(
@@ -304,6 +308,8 @@ def history(
     top: int | None,
     as_json: bool,
     as_csv: bool,
+    png: str | None,
+    svg: str | None,
     slices: tuple[str, ...],
 ) -> None:
     """Usage history per slice: [SLICE ...], normal, exempt, total and packets.
@@ -320,6 +326,14 @@ def history(
       bwbpf history -c bwbpf.toml --top 10 --since 7d     who sent most this week
       bwbpf history -c bwbpf.toml --months --csv    monthly rows for a billing script
       bwbpf history -c bwbpf.toml --periods --json  each quota period's totals
+      bwbpf history -c bwbpf.toml alice --png alice.png   alice's 30 days, her limits
+      bwbpf history -c bwbpf.toml --top 5 --hours --svg top.svg   the top 5 by hour
+
+    With --png or --svg (both may be given) the chart is written instead of the table:
+    one slice's bars split normal and exempt, with its quota period's limit and threshold
+    where the bars can be compared with them; several slices stacked (the 10 that sent
+    most, then the others). An empty range makes a chart saying "no traffic recorded".
+    Needs matplotlib (apt-get install python3-matplotlib).
     """
     from zoneinfo import ZoneInfo
 
@@ -328,6 +342,19 @@ def history(
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
+    charts = [(fmt, path) for fmt, path in (("png", png), ("svg", svg)) if path is not None]
+    if charts and (as_json or as_csv):
+        raise click.UsageError("--png and --svg exclude --json and --csv")
+    if png is not None and svg is not None and os.path.realpath(png) == os.path.realpath(svg):
+        raise click.UsageError("--png and --svg name the same file")
+    if charts:
+        from bwbpf import historychart
+
+        # Before the history is read: a missing matplotlib or a bad path costs nothing.
+        for fmt, path in charts:
+            with _option_errors(f"--{fmt}"):
+                historychart.require()
+                historychart.check_target(path)
     from bwbpf import configcache
 
     cfg = _warned(configcache.load(config_path))
@@ -347,12 +374,26 @@ def history(
     missing = sorted(set(slices) - {s["name"] for s in doc["slices"]})
     if missing and not as_json and not as_csv:
         click.echo(f"bwbpf: no history in this range for: {', '.join(missing)}", err=True)
-    if as_json:
+    if charts:
+        for fmt, path in charts:
+            with _option_errors(f"--{fmt}"):
+                historychart.render(doc, path, fmt)
+            click.echo(f"wrote {path}")
+    elif as_json:
         click.echo(json.dumps(doc, sort_keys=True))
     elif as_csv:
         click.echo(historyview.render_csv(doc), nl=False)
     else:
         click.echo(historyview.render_text(doc))
+
+
+@contextmanager
+def _option_errors(option: str) -> Iterator[None]:
+    """An Error of a chart names its option first: ``--png out.png: is a directory``."""
+    try:
+        yield
+    except Error as exc:
+        raise Error(f"{option} {exc}") from None
 
 
 def _split_stat_args(args: tuple[str, ...]) -> tuple[list[str], float | None, int | None]:

@@ -8,8 +8,11 @@ set -eu
 # tests/systemd/check_service.sh and vagrant/Vagrantfile (`vagrant validate`); faketime moves
 # the daemon's wall clock alone in the clock-jump fault tests.
 PACKAGES="python3-bpfcc python3-yaml python3-venv bpftool iproute2 iperf3 kmod prometheus shellcheck vagrant faketime"
+# Needed on this host only, not in the test VM's image (vm/lib.sh reads PACKAGES alone):
+# matplotlib draws `bwbpf history --png/--svg` and its tests, which are unit tests.
+HOST_PACKAGES="python3-matplotlib"
 missing=""
-for p in $PACKAGES; do
+for p in $PACKAGES $HOST_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then

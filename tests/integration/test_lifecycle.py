@@ -140,13 +140,13 @@ for argv in (["run", "--once", "-c", sys.argv[1]], ["stat", "-c", sys.argv[1]]):
         main(argv)
     except SystemExit as exc:
         assert not exc.code, exc.code
-print(sorted({m.split(".")[0] for m in sys.modules} & {"pyroute2", "bcc"}))
+print(sorted({m.split(".")[0] for m in sys.modules} & {"pyroute2", "bcc", "matplotlib"}))
 """
 
 
 def test_the_daemon_and_stat_go_without_pyroute2(topo: tuple[Topology, Path]) -> None:
     """pyroute2 costs the daemon 11 MB of resident memory and a socket for each check; the
-    raw rtnetlink messages of htbmsg do all of it."""
+    raw rtnetlink messages of htbmsg do all of it. matplotlib is for history pictures only."""
     t, cfg = topo
     # A start compiles the classifier: tens of seconds under software emulation.
     out = sh(
