@@ -724,3 +724,17 @@ def test_history_command_names_slices_without_history(cfg: config.Config) -> Non
     result = cli("history", "-c", cfg.path, "--since", "2026-12-01", "alice", "bob", "nobody")
     assert result.exit_code == 0
     assert "no history in this range for: nobody" in result.output
+
+
+def test_history_of_an_interface_since_removed_is_readable(tmp_path: Path) -> None:
+    path = tmp_path / "bwbpf.toml"
+    path.write_text(
+        CONFIG.format(state_dir=tmp_path / "state", history="").replace('"lo"', '"gone0"')
+    )
+    cfg = config.load(path, check_interface=False)
+    store, _ = Store.open(cfg.history_path, "gone0")
+    store.write([history.Added("alice", 0, T0, 1234, 2)], [], UTC, cfg.history.keep())
+    store.close()
+    result = cli("history", "-c", str(path), "--since", "2026-12-01", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["slices"][0]["total"]["total_bytes"] == 1234
