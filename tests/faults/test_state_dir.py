@@ -58,7 +58,9 @@ def _saved_normal(env: FaultEnv) -> tuple[int, int | None]:
 
 
 def test_disk_filling_up_while_running(env: FaultEnv) -> None:
-    env.mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", target=env.state_dir)
+    # Room for the state, the status and the history database (with its WAL and 32 kB
+    # shared-memory index) until the test fills it.
+    env.mount("-t", "tmpfs", "-o", "size=512k", "tmpfs", target=env.state_dir)
     env.write_config()
     daemon = env.start_daemon()
     env.wait_tick(daemon, 0)
