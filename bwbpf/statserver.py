@@ -57,6 +57,7 @@ def saved(record: SliceRecord) -> dict[str, Any] | None:
     return {
         "period_start": record.period_start,
         "period_end": record.period_end,
+        "notified": record.notified,
         "classes": {
             name: {
                 "bytes": c.used_bytes,

@@ -107,6 +107,7 @@ def slices(
             out[s.name] = {
                 "period_start": float(raw["period_start"]),
                 "period_end": float(raw["period_end"]),
+                "notified": bool(raw["notified"]),
                 "classes": classes,
             }
         except (TypeError, KeyError, IndexError, ValueError):
