@@ -202,7 +202,7 @@ def _node(
     most = int((until - first) // _SHORTEST_S[res]) + 1
     if most > MAX_NODE_ROWS:
         raise Error(
-            f"--since {_iso(since, tz)}: up to {most:,} {history.RESOLUTIONS[res]} rows"
+            f"since {_iso(since, tz)}: up to {most:,} {history.RESOLUTIONS[res]} rows"
             f" until {_iso(until, tz)}, more than {MAX_NODE_ROWS:,}"
         )
     rows = {
