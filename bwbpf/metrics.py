@@ -396,6 +396,12 @@ class _Handler(BaseHTTPRequestHandler):
             response = site.get(self.path, self.headers.get("Host"), time.time())
             if response is not None:
                 self._send(response, head)
+                if response.trim:
+                    # What the answer was made of is garbage now: at 10,000 slices the
+                    # stat document's 6.4 MB of text (twice, str and bytes), which would
+                    # otherwise stay resident in the daemon (~10 MB after a few answers).
+                    del response
+                    heap.trim()
                 return
         body, encoding = exporter.rendered, None
         if self._takes_gzip():

@@ -69,6 +69,9 @@ class Response:
     content_type: str
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    # Made with megabytes that are freed once it is sent (the stat document's text, a
+    # history query's rows): the heap is trimmed after it (heap.trim).
+    trim: bool = False
 
 
 class QueryError(Exception):
@@ -277,7 +280,7 @@ class Site:
             return error(503, f"no status: {one_line(exc)}")
         if body is None:
             return error(503, "no status yet: the daemon has not finished its first tick")
-        return Response(200, JSON_TYPE, body, _NO_STORE)
+        return Response(200, JSON_TYPE, body, _NO_STORE, trim=True)
 
     def history(self, cfg: Config, query: str, now: float) -> Response:
         try:
@@ -341,7 +344,7 @@ class Site:
         finally:
             store.close()
         body = json.dumps(doc, separators=(",", ":")).encode()
-        return Response(200, JSON_TYPE, body, _NO_STORE)
+        return Response(200, JSON_TYPE, body, _NO_STORE, trim=True)
 
     @staticmethod
     def not_allowed(method: str) -> Response:
