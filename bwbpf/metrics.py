@@ -397,9 +397,9 @@ class _Handler(BaseHTTPRequestHandler):
             if response is not None:
                 self._send(response, head)
                 if response.trim:
-                    # What the answer was made of is garbage now: at 10,000 slices the
-                    # stat document's 6.4 MB of text (twice, str and bytes), which would
-                    # otherwise stay resident in the daemon (~10 MB after a few answers).
+                    # What the answer was made of is garbage now (at 10,000 slices the
+                    # stat document's 6.4 MB, as text and as bytes): given back to the
+                    # kernel rather than left resident until the next large tick trims.
                     del response
                     heap.trim()
                 return
