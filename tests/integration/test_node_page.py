@@ -7,6 +7,7 @@ sending within its quota and one idle. Every name made starts with "bwpg"."""
 
 from __future__ import annotations
 
+import html
 import html.parser
 import json
 import random
@@ -401,3 +402,37 @@ def test_the_browser_filters_and_shows_a_slices_own_charts(env: Env) -> None:
     assert page.ids["chart-hours"]["attrs"]["data-total"] == str(ALPHA_BYTES)
     assert "selected" in str(page.rows["alpha"]["attrs"].get("class"))
     assert page.ids["show-node"]["attrs"].get("disabled") is None
+
+
+# Values whose formatting rounds at a tie (1.25 kB, 0.0625 Mbit/s), or just off one, or
+# crosses a unit: where JavaScript's toFixed and Python's format differ unless the page
+# rounds as Python does.
+BYTES = [0, 1, 999, 1000, 1049, 1050, 1150, 1250, 1350, 1750, 2250, 999_950, 999_999,
+         10**6, 125_000, 5_400_000_000, 16_400_000_000, 12_345_678_901_234]  # fmt: skip
+RATES = [8, 999, 1000, 1500, 62_500, 1_062_500, 1_000_500, 100_000_000, 1_234_567,
+         10**9, 2_500_000_000, 10**12]  # fmt: skip
+
+
+@pytest.mark.usefixtures("browser")
+def test_the_page_prints_numbers_as_stat_does(tmp_path: Path) -> None:
+    """The page's own formatting functions, run by the browser on values chosen to round at
+    a tie, against bwbpf.units."""
+    text = (Path(__file__).resolve().parents[2] / "bwbpf" / "web" / "index.html").read_text()
+    start, end = text.index("function pyFixed("), text.index("function pad(")
+    page = tmp_path / "numbers.html"
+    page.write_text(
+        "<!DOCTYPE html><html><body><pre id=out></pre><script>"
+        + text[start:end]
+        + f"document.getElementById('out').textContent = JSON.stringify("
+        f"[{BYTES}.map(fmtBytes), {RATES}.map(fmtRate)]);</script></body></html>"
+    )
+    cmd = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    cmd += ["--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}"]
+    done = subprocess.run(
+        [*cmd, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = html.unescape(done.stdout.split('<pre id="out">')[1].split("</pre>")[0])
+    shown_bytes, shown_rates = json.loads(found)
+    assert shown_bytes == [format_bytes(n) for n in BYTES]
+    assert shown_rates == [format_rate(n) for n in RATES]
