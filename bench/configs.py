@@ -38,15 +38,18 @@ def daemon_config(
     tick: str | None = None,
     quota: str = ROOMY_QUOTA,
     quotas: dict[int, str] | None = None,
+    listen: str = "",
 ) -> str:
     """Slices 1..``slices`` matched by mark = id, each with ``quota`` (``quotas`` overrides
-    it for some ids); state, status and the metrics textfile under ``tmp``, no metrics
-    server. ``tick`` as the config spells it; None keeps the default."""
+    it for some ids); state, status and the metrics textfile under ``tmp``, the metrics
+    (and node page) server on ``listen`` (none by default). ``tick`` as the config spells
+    it; None keeps the default."""
     head = (
         f'[node]\ninterface = "{ifname}"\nbpffs = "{bpffs}"\nstate_dir = "{tmp}/state"\n'
         'line_rate = "10gbit"\nnode_cap = "10gbit"\n'
         + (f'tick = "{tick}"\n' if tick else "")
-        + f'[metrics]\nlisten = ""\ntextfile = "{tmp}/bwbpf.prom"\n[quota]\nperiod = "1d"\n'
+        + f'[metrics]\nlisten = "{listen}"\ntextfile = "{tmp}/bwbpf.prom"\n'
+        '[quota]\nperiod = "1d"\n'
     )
     quotas = quotas or {}
     return head + "".join(

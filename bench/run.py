@@ -15,6 +15,9 @@ tick      ``bwbpf up`` of 10,000 slices against ``tc -batch``; the daemon's tick
           process against the kernel reads it cannot avoid; its GC time; a tick profile
 daemon    a real ``bwbpf run`` at 10,000 slices in a network namespace: CPU and bytes
           written per tick, memory, ``bwbpf stat``, a SIGHUP reload
+page      the node page of such a daemon: ``/`` and ``/api/status.json`` against the stat
+          socket's answer, ``/api/history.json`` against every slice's history, the page's
+          first render in headless Chromium (when installed), the daemon's memory
 
 No figure is asserted anywhere: the results are written as JSON and summarised on stdout
 (targets say met or MISSED). Everything created (bpffs directories, cgroups, veth pairs,
@@ -45,7 +48,7 @@ if __package__ in (None, ""):
 
 from bench.results import Result, machine, summary
 
-PARTS = ("datapath", "counters", "netlink", "tick", "daemon")
+PARTS = ("datapath", "counters", "netlink", "tick", "daemon", "page")
 T = TypeVar("T")
 
 
@@ -63,7 +66,7 @@ def _parts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[st
     if args.no_netlink and "netlink" in parts:
         parts.remove("netlink")
     if not args.daemon_slices:
-        parts = [p for p in parts if p not in ("tick", "daemon")]
+        parts = [p for p in parts if p not in ("tick", "daemon", "page")]
     return parts
 
 
@@ -138,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--daemon-slices",
         type=int,
         default=10_000,
-        help="slices of the tick and daemon parts (0: skip both)",
+        help="slices of the tick, daemon and page parts (0: skip them)",
     )
     parser.add_argument("--ticks", type=int, default=20, help="daemon ticks measured per case")
     parser.add_argument("--stat-runs", type=int, default=5, help="runs of each bwbpf stat")
@@ -186,6 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: bench_daemon(args.daemon_slices, args.ticks, args.stat_runs, measured),
         )
         results += measured
+    if "page" in parts:
+        from bench.page import bench_page
+
+        os.sched_setaffinity(0, every_cpu)
+        shown: list[Result] = []
+        attempt("page", lambda: bench_page(args.daemon_slices, shown))
+        results += shown
 
     # Other work on the machine shifts every figure; the ratios less so.
     load = {"start": load_at_start, "end": os.getloadavg()}

@@ -26,6 +26,7 @@ from bwbpf import (
     lifecycle,
     metrics,
     node,
+    nodepage,
     notify,
     periods,
     policy,
@@ -407,8 +408,11 @@ class Daemon:
         # compile; released when a new one replaces it (node.up).
         self._program: datapath.Program | None = None
         self.watch = node.Watch()
-        self.exporter = metrics.Exporter(cfg.interface)
         self.stat_server = statserver.StatServer()
+        # The node page beside the metrics: the stat socket's answer, and the config in
+        # force (read at each request: a reload replaces it).
+        site = nodepage.Site(self.stat_server.document, lambda: self.cfg)
+        self.exporter = metrics.Exporter(cfg.interface, site)
         # HTB classes being created or deleted off the loop (classwork.py), one job at a
         # time; the config a reload read waits in _adopting for the classes it adds.
         self._work: classwork.ClassWork | None = None

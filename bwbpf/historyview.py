@@ -17,6 +17,10 @@ period as the history holds it, with the configured limit and threshold of each 
 ``{"start", "end", "start_epoch", "end_epoch", "normal": {"bytes", "limit_bytes",
 "threshold_bytes"}, "exempt": {...}}`` (null for a slice no longer configured).
 Times are ISO 8601 in the history's time zone.
+
+The node page's document also has ``"node": {"rows": [ROW, ...], "total": TOTALS}``: the
+sums over every slice, a row for every bucket of the range, traffic or not (null for
+``periods``); its ``slices`` then hold only the slices it asked for, or the top N.
 """
 
 from __future__ import annotations
@@ -58,6 +62,17 @@ _LABELS = {
     YEAR: "%Y",
 }
 _HEADINGS = {FIVE_MIN: "time", HOUR: "hour", DAY: "day", MONTH: "month", YEAR: "year"}
+# The node's rows cover every bucket of the range: at most this many (a year of hours).
+MAX_NODE_ROWS = 10_000
+# Each resolution's shortest bucket (a day or a month may lose an hour to summer time),
+# for an upper bound of the buckets in a range.
+_SHORTEST_S = {
+    FIVE_MIN: 300,
+    HOUR: 3600,
+    DAY: 23 * 3600,
+    MONTH: 28 * 86400 - 3600,
+    YEAR: 365 * 86400 - 3600,
+}
 _AGO = re.compile(r"(\d+)\s*(m|min|h|d|w)")
 _AGO_S = {"m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -93,11 +108,14 @@ def document(
     now: float,
     since: float | None = None,
     until: float | None = None,
-    names: Sequence[str] = (),
+    names: Sequence[str] | None = (),
     top: int | None = None,
+    node: bool = False,
 ) -> dict[str, Any]:
-    """The history of ``names`` (every slice the history knows when empty) over
-    ``[since, until)``; ``top`` keeps the N slices that sent the most, largest first."""
+    """The history of ``names`` (every slice the history knows when empty, none when None)
+    over ``[since, until)``; ``top`` keeps the N slices that sent the most, largest first.
+    With ``node``, the document also holds the node's totals (``"node"``): every bucket
+    of the range, summed over all slices by the database, whichever slices are shown."""
     tz = ZoneInfo(cfg.history.timezone)
     res = resolution(res_name)
     until = now if until is None else until
@@ -105,8 +123,22 @@ def document(
         since = _default_since(res, until, tz)
     if since >= until:
         raise Error(f"--since ({_iso(since, tz)}) must be before --until ({_iso(until, tz)})")
+    node_doc = _node(store, res, since, until, tz) if node else None
+    if top is not None and not names and names is not None:
+        # The ranking is the database's: only the winners' rows are read, not every
+        # slice's (10,000 of them on a large node).
+        if res == PERIODS:
+            names = store.top_period_names(since, until, top)
+        else:
+            assert isinstance(res, int)
+            first = history.bucket_starts(since, tz)[res]
+            names = store.top_names(res, first, until, top)
+        if not names:
+            names = None  # nobody sent anything: no slice, rather than every slice
     by_name: dict[str, dict[int, dict[str, Any]]] = {}
-    if res == PERIODS:
+    if names is None:
+        pass
+    elif res == PERIODS:
         for p in store.periods(since, until, names):
             row = by_name.setdefault(p.name, {}).setdefault(
                 int(p.start * 1000), _row(p.start, p.end, tz)
@@ -141,7 +173,7 @@ def document(
         slices.sort(key=lambda s: (-s["total"]["total_bytes"], s["name"]))
         slices = slices[:top]
         ranked = [{"rank": n, "name": s["name"], **s["total"]} for n, s in enumerate(slices, 1)]
-    return {
+    doc: dict[str, Any] = {
         "interface": cfg.interface,
         "resolution": res_name,
         "timezone": cfg.history.timezone,
@@ -152,6 +184,37 @@ def document(
         "slices": slices,
         "top": ranked,
     }
+    if node:
+        doc["node"] = node_doc
+    return doc
+
+
+def _node(
+    store: Store, res: int | str, since: float, until: float, tz: ZoneInfo
+) -> dict[str, Any] | None:
+    """The node's rows, one for every bucket of ``[since, until)`` (those without traffic
+    too, so that a chart has every bar), and their total; None for ``periods``, which
+    each slice has of its own."""
+    if res == PERIODS:
+        return None
+    assert isinstance(res, int)
+    first = history.bucket_starts(since, tz)[res]
+    most = int((until - first) // _SHORTEST_S[res]) + 1
+    if most > MAX_NODE_ROWS:
+        raise Error(
+            f"since {_iso(since, tz)}: up to {most:,} {history.RESOLUTIONS[res]} rows"
+            f" until {_iso(until, tz)}, more than {MAX_NODE_ROWS:,}"
+        )
+    rows = {
+        start: _row(start, history.next_start(res, start, tz), tz)
+        for start in history.iter_starts(res, first, until, tz)
+    }
+    for start, dclass, nbytes, packets in store.totals(res, first, until):
+        row = rows.get(start)
+        if row is not None:
+            _add(row, dclass, nbytes, packets)
+    listed = list(rows.values())
+    return {"rows": listed, "total": {f: sum(r[f] for r in listed) for f in FIELDS}}
 
 
 def _default_since(res: int | str, until: float, tz: ZoneInfo) -> float:

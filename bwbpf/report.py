@@ -109,6 +109,8 @@ def slice_entry(
         "period_start": st["period_start"] if st else None,
         "period_end": st["period_end"] if st else None,
         "capped": any(c["capped"] for c in classes.values()),
+        # Whether this period's mail about the slice was sent (once a period, at its cap).
+        "notified": bool(st.get("notified", False)) if st else False,
         "classes": classes,
     }
 

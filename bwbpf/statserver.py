@@ -200,12 +200,23 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 class StatServer:
-    """The socket, served from a thread of its own; ``update`` hands it each tick."""
+    """The socket, served from a thread of its own; ``update`` hands it each tick. The
+    node page (bwbpf/nodepage.py) asks ``document`` for the same answer, made by the same
+    ``Answers``: one set of kept slice texts, whoever asks."""
 
     def __init__(self) -> None:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.path: str | None = None
+        self.answers = Answers()
+        # The last tick's view, kept whether or not the socket is served (a dry run
+        # serves none, but its node page shows what it would do).
+        self.view: TickView | None = None
+
+    def document(self, now: float) -> bytes | None:
+        """The stat document the socket would answer now; None before the first tick."""
+        view = self.view
+        return None if view is None else self.answers.answer(view, now)
 
     def serve(self, cfg: Config) -> None:
         """Listen at cfg's socket path (again, after a reload that moved it). Failing is a
@@ -222,7 +233,8 @@ class StatServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staged)
             server = _Server(staged, _Handler, bind_and_activate=True)
-            server.answers = Answers()
+            server.answers = self.answers
+            server.view = self.view
             os.chmod(staged, 0o600)
             # In place at once, over a socket a killed daemon left.
             os.replace(staged, path)
@@ -244,10 +256,11 @@ class StatServer:
             log.warning("%s: removed; listening again", self.path)
             self.close()
             self.serve(view.cfg)
+        self.view = view
         if self._server is not None:
             self._server.view = view
-            if self._server.answers.forget_if_idle(time.monotonic()):
-                heap.trim()
+        if self.answers.forget_if_idle(time.monotonic()):
+            heap.trim()
 
     def close(self) -> None:
         if self._server is None:

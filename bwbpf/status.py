@@ -108,6 +108,7 @@ def slice_view(record: SliceRecord) -> dict[str, Any] | None:
     return {
         "period_start": record.period_start,
         "period_end": record.period_end,
+        "notified": record.notified,
         "classes": {
             name: {
                 "bytes": c.used_bytes,

@@ -230,6 +230,7 @@ def test_status_document_round_trips_through_status_read(cfg: config.Config) -> 
     ledger = capped_alice(cfg)
     decisions = daemon.decide_all(cfg, ledger, T0 + 500)
     ledger.set_ceiling("alice", NORMAL, decisions["alice"][NORMAL].ceil_bps, True)
+    ledger.set_notified("alice")
     saved = state.StateFile(state.state_file(cfg.state_dir, cfg.interface), cfg.interface)
     saved.save(ledger, T0 + 500)
     status.write(cfg, pid=os.getpid(), last_tick=T0 + 500, problems=["p"])
@@ -249,6 +250,7 @@ def test_status_document_round_trips_through_status_read(cfg: config.Config) -> 
         "ceil_bps": 16_000,
     }
     assert back.slices["alice"]["period_end"] - back.slices["alice"]["period_start"] == 1000
+    assert back.slices["alice"]["notified"] and not back.slices["bob"]["notified"]
     assert set(back.slices) == {"default", "alice", "bob"}
     # A saved slice of the wrong shape is shown as not saved yet, never a traceback.
     raw = {"alice": {"live": True, "normal": {"used_bytes": "lots"}}, "bob": []}

@@ -9,6 +9,7 @@ import os
 import random
 import sqlite3
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -548,6 +549,66 @@ def test_top_ranks_by_total_bytes(cfg: config.Config) -> None:
     assert [(t["rank"], t["name"]) for t in doc["top"]] == [(1, "bob"), (2, "alice")]
     text = historyview.render_text(doc)
     assert "bob" in text and "gone" not in text
+
+
+def test_top_is_ranked_by_the_database_as_the_document_ranks(cfg: config.Config) -> None:
+    filled_store(cfg)
+    store = Store.open_readonly(cfg.history_path, "lo")
+    for res in ("hours", "days", "periods"):
+        everyone = historyview.document(store, cfg, res, now=T0 + 2 * 86400)
+        ranked = sorted(everyone["slices"], key=lambda s: (-s["total"]["total_bytes"], s["name"]))
+        for n in (1, 2, 5):
+            doc = historyview.document(store, cfg, res, now=T0 + 2 * 86400, top=n)
+            assert doc["slices"] == ranked[:n], (res, n)
+    # Nobody sent anything in the range: no slice, not every slice.
+    doc = historyview.document(store, cfg, "hours", now=T0 + 9 * 86400, since=T0 + 8 * 86400, top=3)
+    assert doc["slices"] == [] and doc["top"] == []
+
+
+def test_node_totals_cover_every_bucket_of_the_range(cfg: config.Config) -> None:
+    filled_store(cfg)
+    store = Store.open_readonly(cfg.history_path, "lo")
+    now = T0 + 86400 + 3600 + 5
+    doc = historyview.document(store, cfg, "hours", now=now, names=None, node=True)
+    assert doc["slices"] == [] and doc["top"] is None
+    rows = doc["node"]["rows"]
+    # The default range: the 24 hours up to the current one, each a row, traffic or not.
+    assert len(rows) == 24
+    assert [r["start_epoch"] for r in rows] == [T0 + 2 * 3600 + 3600 * i for i in range(24)]
+    assert all(b["start_epoch"] == a["end_epoch"] for a, b in pairwise(rows))
+    assert [(r["start_epoch"], r["total_bytes"]) for r in rows if r["total_bytes"]] == [
+        (T0 + 86400, 500)
+    ]
+    doc = historyview.document(store, cfg, "days", now=now, node=True)
+    node = doc["node"]
+    # Summed over every slice the history holds, the one no longer configured too.
+    assert [r["total_bytes"] for r in node["rows"]][-2:] == [13_000_007, 500]
+    assert node["total"] == {
+        "normal_bytes": 12_000_507,
+        "exempt_bytes": 1_000_000,
+        "total_bytes": 13_000_507,
+        "normal_packets": 12_006,
+        "exempt_packets": 1000,
+        "packets": 13_006,
+    }
+    assert node["total"]["total_bytes"] == sum(s["total"]["total_bytes"] for s in doc["slices"])
+    # One slice asked for, and the node's totals beside it.
+    doc = historyview.document(store, cfg, "days", now=now, names=["bob"], node=True)
+    assert [s["name"] for s in doc["slices"]] == ["bob"] and doc["node"] == node
+    # Quota periods are each slice's own: no node rows.
+    assert historyview.document(store, cfg, "periods", now=now, node=True)["node"] is None
+    # Without node, the document is as `bwbpf history --json` prints it.
+    assert "node" not in historyview.document(store, cfg, "days", now=now)
+
+
+def test_node_rows_are_bounded(cfg: config.Config) -> None:
+    filled_store(cfg)
+    store = Store.open_readonly(cfg.history_path, "lo")
+    with pytest.raises(Error, match=r"^since .* more than 10,000"):
+        historyview.document(store, cfg, "5min", now=T0, since=T0 - 40 * 86400, node=True)
+    # Years since 1970 are few.
+    doc = historyview.document(store, cfg, "years", now=T0, node=True)
+    assert doc["node"]["rows"][-1]["total_bytes"] == 13_000_507
 
 
 def test_since_until_and_names_select(cfg: config.Config) -> None:

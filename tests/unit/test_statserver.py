@@ -83,9 +83,13 @@ def test_the_answer_is_the_document_as_json_makes_it() -> None:
     got = statserver.Encoder().encode(view, live, ERRORS, True, NOW)
     assert got == _expected(view, live)
     doc = json.loads(got)
-    alice = {s["name"]: s for s in doc["slices"]}["alice"]["classes"]["normal"]
+    by_name = {s["name"]: s for s in doc["slices"]}
+    alice = by_name["alice"]["classes"]["normal"]
     # 900 MB saved plus what the kernel counted since the tick (5005 - 5000 bytes).
     assert alice["bytes"] == 900_000_005 and alice["capped"] and alice["ceil_bps"] == 1_000_000
+    # Mailed this period (the records made here are notified when capped); carol, never
+    # ticked, has no mail to have had.
+    assert by_name["alice"]["notified"] and not by_name["carol"]["notified"]
 
 
 def test_kept_slices_follow_their_counters_records_and_config() -> None:
