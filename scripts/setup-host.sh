@@ -8,8 +8,14 @@ set -eu
 # tests/systemd/check_service.sh and vagrant/Vagrantfile (`vagrant validate`); faketime moves
 # the daemon's wall clock alone in the clock-jump fault tests.
 PACKAGES="python3-bpfcc python3-yaml python3-venv bpftool iproute2 iperf3 kmod prometheus shellcheck vagrant faketime"
+# This host only (vm/lib.sh puts PACKAGES, not these, into the vm-test image): `make deb`'s
+# tools, debian/control's Build-Depends and lintian (no fakeroot: the package builds with
+# Rules-Requires-Root: no). The vm-test guest, which has no network, sets
+# BWBPF_NO_HOST_PACKAGES=1.
+HOST_PACKAGES="dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian"
+[ "${BWBPF_NO_HOST_PACKAGES:-}" = 1 ] && HOST_PACKAGES=""
 missing=""
-for p in $PACKAGES; do
+for p in $PACKAGES $HOST_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
