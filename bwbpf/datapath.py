@@ -75,6 +75,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 # Where ``make install`` puts the C sources (PREFIX /usr/local by default, or /usr).
 SHARED_BPF_DIRS = (Path("/usr/local/share/bwbpf/bpf"), Path("/usr/share/bwbpf/bpf"))
+# The running kernel's own headers (CONFIG_IKHEADERS), which bcc takes when it finds no others.
+KHEADERS = "/sys/kernel/kheaders.tar.xz"
 
 
 def install_prefix(package_dir: Path) -> Path | None:
@@ -121,7 +123,7 @@ def kernel_headers_problem(release: str | None = None) -> str | None:
     build = os.environ.get("BCC_KERNEL_SOURCE") or f"/lib/modules/{release}/build"
     if os.path.isdir(os.path.join(build, "include")):
         return None
-    if os.path.exists("/sys/kernel/kheaders.tar.xz"):
+    if os.path.exists(KHEADERS):
         return None
     return f"no kernel headers for bcc in {build}: {headers_advice(release)}"
 
