@@ -72,7 +72,7 @@ UNITDIR      ?= $(PREFIX)/lib/systemd/system
 INSTALL_PIP_ARGS ?=
 .PHONY: install uninstall
 
-install: ## install: venv in /opt/bwbpf, bin, BPF sources, unit, Prometheus examples, /etc/bwbpf
+install: ## install: venv in /opt/bwbpf, bin, BPF sources, unit, man page, Prometheus examples, /etc/bwbpf
 	@set -e; venv='$(DESTDIR)$(INSTALL_VENV)'; src=$$(mktemp -d); trap 'rm -rf "$$src"' EXIT; \
 	cp -r pyproject.toml README.md bwbpf "$$src/"; \
 	test -x "$$venv/bin/python" || $(PYTHON) -m venv --system-site-packages "$$venv"; \
@@ -90,10 +90,12 @@ install: ## install: venv in /opt/bwbpf, bin, BPF sources, unit, Prometheus exam
 	install -m 644 deploy/prometheus/*.yml deploy/prometheus/*.json \
 	  '$(DESTDIR)$(PREFIX)/share/bwbpf/prometheus/'; \
 	install -m 644 deploy/prometheus/targets/*.yml '$(DESTDIR)$(PREFIX)/share/bwbpf/prometheus/targets/'; \
+	install -d '$(DESTDIR)$(PREFIX)/share/man/man8'; \
+	install -m 644 deploy/bwbpf.8 '$(DESTDIR)$(PREFIX)/share/man/man8/bwbpf.8'; \
 	sed 's|/usr/local/bin/bwbpf|$(PREFIX)/bin/bwbpf|g' deploy/systemd/bwbpf.service \
 	  > '$(DESTDIR)$(UNITDIR)/bwbpf.service'; \
 	chmod 644 '$(DESTDIR)$(UNITDIR)/bwbpf.service'; \
-	echo "install: $(PREFIX)/bin/bwbpf, $(PREFIX)/share/bwbpf/{bpf,prometheus}, $(UNITDIR)/bwbpf.service"; \
+	echo "install: $(PREFIX)/bin/bwbpf, $(PREFIX)/share/bwbpf/{bpf,prometheus}, bwbpf(8), $(UNITDIR)/bwbpf.service"; \
 	install -d -m 755 '$(DESTDIR)/etc/bwbpf' '$(DESTDIR)/var/lib/bwbpf'; \
 	if [ -e '$(DESTDIR)/etc/bwbpf/bwbpf.toml' ]; then echo "install: kept /etc/bwbpf/bwbpf.toml"; \
 	else install -m 644 deploy/bwbpf.toml '$(DESTDIR)/etc/bwbpf/bwbpf.toml'; \
@@ -111,10 +113,25 @@ uninstall: ## remove what install put; keeps /etc/bwbpf, /var/lib/bwbpf and the 
 	link='$(DESTDIR)$(PREFIX)/bin/bwbpf'; \
 	if [ "$$(readlink "$$link")" = '$(INSTALL_VENV)/bin/bwbpf' ]; then rm -f "$$link"; fi; \
 	rm -rf '$(DESTDIR)$(PREFIX)/share/bwbpf'; \
+	rm -f '$(DESTDIR)$(PREFIX)/share/man/man8/bwbpf.8'; \
 	if [ -f '$(DESTDIR)$(INSTALL_VENV)/pyvenv.cfg' ]; then rm -rf '$(DESTDIR)$(INSTALL_VENV)'; fi; \
 	if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
 	echo "uninstall: done; kept /etc/bwbpf and /var/lib/bwbpf. The HTB tree and classifier"; \
 	echo "uninstall: stay on the interface: run 'bwbpf down' before uninstalling to remove them"
+
+# make deb: the Debian package (debian/, built by dh with pybuild from a staged copy of this
+# checkout; lintian must find no error), in $(DEB_DIR). VERSION_SUFFIX=+x builds a later
+# version of the same code (make vm-test's upgrade); DEB_BPF_DEFINES and LINTIAN=no are for
+# test packages: see scripts/build-deb.sh.
+DEB_DIR         ?= build
+VERSION_SUFFIX  ?=
+DEB_BPF_DEFINES ?=
+LINTIAN         ?= yes
+.PHONY: deb
+
+deb: ## the Debian package build/bwbpf_<version>_all.deb: dpkg-buildpackage, then lintian
+	@DEB_DIR='$(DEB_DIR)' VERSION_SUFFIX='$(VERSION_SUFFIX)' DEB_BPF_DEFINES='$(DEB_BPF_DEFINES)' \
+	  LINTIAN='$(LINTIAN)' bash scripts/build-deb.sh
 
 # make vm-test: vm/run.sh builds a Debian 12 image once (mmdebstrap, cached under
 # /var/cache/bwbpf-vm/<hash of its package lists>), boots Debian's own kernel in qemu (KVM if

@@ -73,16 +73,73 @@ BPF_FS_MAGIC = 0xCAFE4A11  # include/uapi/linux/magic.h
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def bpf_source_dir() -> Path:
-    """bpf/ beside the package in a source tree, else where ``make install`` puts it."""
-    for candidate in (
-        Path(__file__).resolve().parent.parent / "bpf",
-        Path("/usr/local/share/bwbpf/bpf"),
-        Path("/usr/share/bwbpf/bpf"),
-    ):
+# Where ``make install`` puts the C sources (PREFIX /usr/local by default, or /usr).
+SHARED_BPF_DIRS = (Path("/usr/local/share/bwbpf/bpf"), Path("/usr/share/bwbpf/bpf"))
+# The running kernel's own headers (CONFIG_IKHEADERS), which bcc takes when it finds no others.
+KHEADERS = "/sys/kernel/kheaders.tar.xz"
+
+
+def install_prefix(package_dir: Path) -> Path | None:
+    """The prefix a package directory is installed under: /usr for Debian's
+    /usr/lib/python3/dist-packages/bwbpf, /opt/bwbpf for a venv's
+    lib/python3.11/site-packages/bwbpf; None when no ``lib`` is above it."""
+    for parent in package_dir.parents:
+        if parent.name == "lib":
+            return parent.parent
+    return None
+
+
+def bpf_source_dirs(package_dir: Path | None = None) -> list[Path]:
+    """Where the C sources may be, in the order looked at: bpf/ beside the package in a
+    source tree; <prefix>/share/bwbpf/bpf of the prefix the package is installed under, so
+    that the Debian package's code compiles the Debian package's C even where a ``make
+    install`` left other sources in /usr/local; then where ``make install`` puts them."""
+    here = package_dir or Path(__file__).resolve().parent
+    dirs = [here.parent / "bpf"]
+    prefix = install_prefix(here)
+    if prefix is not None:
+        dirs.append(prefix / "share" / "bwbpf" / "bpf")
+    dirs += [d for d in SHARED_BPF_DIRS if d not in dirs]
+    return dirs
+
+
+def bpf_source_dir(package_dir: Path | None = None) -> Path:
+    """The first of ``bpf_source_dirs`` that holds egress.c."""
+    dirs = bpf_source_dirs(package_dir)
+    for candidate in dirs:
         if (candidate / "egress.c").is_file():
             return candidate
-    raise Error("cannot find bpf/egress.c (looked beside the package and in /usr/share/bwbpf)")
+    raise Error(f"cannot find bpf/egress.c (looked in {', '.join(map(str, dirs))})")
+
+
+def kernel_headers_problem(release: str | None = None) -> str | None:
+    """Why bcc cannot find kernel headers, naming the package to install; None if it can.
+
+    bcc compiles against ``$BCC_KERNEL_SOURCE``, else /lib/modules/<release>/build, and
+    takes it only if it has an include/ directory; failing that, the kernel's own
+    /sys/kernel/kheaders.tar.xz (CONFIG_IKHEADERS). Without any, its compile fails with a
+    message that names no package, on stdout, which the loader does not pass on."""
+    release = release or os.uname().release
+    build = os.environ.get("BCC_KERNEL_SOURCE") or f"/lib/modules/{release}/build"
+    if os.path.isdir(os.path.join(build, "include")):
+        return None
+    if os.path.exists(KHEADERS):
+        return None
+    return f"no kernel headers for bcc in {build}: {headers_advice(release)}"
+
+
+def headers_advice(release: str) -> str:
+    """What to install for a kernel's headers. Debian's kernels are <version>-<abi>-<flavour>
+    (6.1.0-28-amd64, 6.1.0-28-cloud-amd64), and linux-headers-<flavour> follows the newest
+    kernel of that flavour, which is the running one only after an upgrade and a reboot."""
+    own = f"apt-get install linux-headers-{release}"
+    debian = re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+-[0-9]+-([a-z0-9-]+)", release)
+    if debian:
+        return (
+            f"{own} (or linux-headers-{debian.group(1)}, which follows the newest "
+            "kernel: then boot that kernel)"
+        )
+    return f"{own}, or your kernel's development package"
 
 
 def cgroup2_mount() -> str:
@@ -236,7 +293,7 @@ def compile_program(pin_dir: str, extra_cflags: Iterable[str] = ()) -> Any:
     try:
         bpf = BPF(src_file=str(src / "egress.c"), cflags=flags)
     except Exception as exc:  # bcc raises bare Exception on compile and load failures
-        raise Error(f"cannot load bpf/egress.c: {exc}") from None
+        raise Error(kernel_headers_problem() or f"cannot load bpf/egress.c: {exc}") from None
     _carry_errors(bpf, carried)
     return bpf
 

@@ -12,8 +12,12 @@ PACKAGES="python3-bpfcc python3-yaml python3-venv bpftool iproute2 iperf3 kmod p
 # the image, and the offline guest's `make host` cannot fetch these, so failing to install
 # them is a warning (the tests that need them skip, naming what is missing). matplotlib
 # draws `bwbpf history --png/--svg` (its tests are unit tests); chromium renders the node
-# page headless in its browser test.
-HOST_PACKAGES="python3-matplotlib chromium"
+# page headless in its browser test; the rest build the Debian package (`make deb`:
+# debian/control's Build-Depends and lintian; no fakeroot, it builds with
+# Rules-Requires-Root: no). The vm-test guest, which has no network, sets
+# BWBPF_NO_HOST_PACKAGES=1.
+HOST_PACKAGES="python3-matplotlib chromium dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian"
+[ "${BWBPF_NO_HOST_PACKAGES:-}" = 1 ] && HOST_PACKAGES=""
 
 # missing PACKAGE...: those of the packages not installed.
 missing() {

@@ -110,7 +110,7 @@ printf '127.0.0.1 localhost\n127.0.1.1 bwbpf-vm\n::1 localhost\n' | put /etc/hos
 # The disk is opened with snapshot=on: no fsck, nothing written back.
 printf '/dev/vda / ext4 rw,noatime 0 0\n' | put /etc/fstab
 in_root passwd -dq root
-# pip in the guest (make venv, make install) installs from the wheels, offline.
+# pip in the guest (the editable install of the checkout) installs from the wheels, offline.
 printf '[global]\nno-index = true\nfind-links = /opt/bwbpf-wheels\ndisable-pip-version-check = true\n' |
     put /etc/pip.conf
 # The runner: mount the shared repository (9p) and the result directory, then run the

@@ -1,9 +1,11 @@
 #!/bin/bash
 # The guest side of `make vm-test`. The image's bwbpf-vm-test.service (vm/build-image.sh)
 # runs it at boot from the read-only shared repository, under systemd as PID 1: copy the
-# repository, install it editable into the image's venv, run the bpf and integration tiers
-# and the systemd checks, and leave the exit code and the log in the shared result directory
-# for vm/run.sh. systemd powers the machine off when this returns.
+# repository, install it editable into the image's venv, run the bpf and integration tiers;
+# install the Debian package vm/run.sh built (in the shared result directory's debs/) and
+# run the systemd checks and the package's upgrade against it; and leave the exit code and
+# the log in the shared result directory for vm/run.sh. systemd powers the machine off when
+# this returns.
 set -u
 SRC=/mnt/repo
 OUT=/mnt/out
@@ -36,7 +38,8 @@ tests() {
     .venv/bin/pip install -q --no-deps --no-build-isolation -e . || return 1
     touch .venv/.done
     step "make host (scripts/setup-host.sh on a stock kernel: all should be in place)"
-    make host || return 1
+    # The image has PACKAGES; HOST_PACKAGES (make deb's tools) are the host's alone.
+    BWBPF_NO_HOST_PACKAGES=1 make host || return 1
 
     # Under TCG the whole of both tiers (~20 min once) left too little of CI's time for the
     # service checks. These tests are about bwbpf's own logic (fds of its process, log
@@ -53,21 +56,29 @@ tests() {
     .venv/bin/python -m pytest -p no:cacheprovider --durations=10 tests/bpf tests/integration \
         $pytest_args || rc=1
 
-    if [ -f tests/systemd/check_service.sh ]; then
-        step "make install (offline: from the image's wheels)"
-        if make install INSTALL_PIP_ARGS="--no-index --find-links /opt/bwbpf-wheels"; then
-            step "tests/systemd/check_service.sh"
-            if [ -x tests/systemd/check_service.sh ]; then
-                ./tests/systemd/check_service.sh || rc=1
-            else
-                sh tests/systemd/check_service.sh || rc=1
-            fi
-        else
-            step "make install failed: tests/systemd/check_service.sh not run"
-            rc=1
-        fi
+    # The Debian package as `apt install` puts it on a host (offline: its Depends are in the
+    # image), then the service checks against it, then its upgrade, removal and purge.
+    # Copied out of the 9p share to where apt's unprivileged downloader can read them too.
+    local debs=/srv/bwbpf-debs deb release="" upgrade=""
+    mkdir -p "$debs"
+    cp "$OUT"/debs/*.deb "$debs/" || { step "no Debian packages in $OUT/debs"; return 1; }
+    for deb in "$debs"/bwbpf_*_all.deb; do
+        case $deb in
+        *+vmupgrade_all.deb) upgrade=$deb ;;
+        *) release=$deb ;;
+        esac
+    done
+    [ -n "$release" ] && [ -n "$upgrade" ] || { step "no release and upgrade package in $debs"; return 1; }
+    step "apt-get install $(basename "$release") (offline)"
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$release" </dev/null; then
+        step "tests/systemd/check_service.sh against the package"
+        BWBPF=/usr/bin/bwbpf ALERTS=/usr/share/bwbpf/prometheus/alerts.yml \
+            ./tests/systemd/check_service.sh || rc=1
+        step "tests/systemd/check_upgrade.sh $(basename "$release") $(basename "$upgrade")"
+        ./tests/systemd/check_upgrade.sh "$release" "$upgrade" || rc=1
     else
-        step "tests/systemd/check_service.sh does not exist: nothing to check"
+        step "apt-get install of the package failed: the service checks not run"
+        rc=1
     fi
     return $rc
 }

@@ -1,8 +1,9 @@
 #!/bin/bash
 # `make vm-test`: the bpf and integration tiers and the systemd checks on a stock Debian 12
-# kernel. Builds the image once (vm/build-image.sh, cached), boots it with qemu (KVM when a
-# probe boot shows it works here, else TCG software emulation), shares this repository
-# read-only over 9p, streams the serial console, and exits with the guest's result.
+# kernel. Builds the image once (vm/build-image.sh, cached) and the Debian packages (make
+# deb), boots the image with qemu (KVM when a probe boot shows it works here, else TCG
+# software emulation), shares this repository read-only over 9p and the packages in the
+# result directory, streams the serial console, and exits with the guest's result.
 # Needs root. Environment: BWBPF_VM_ACCEL=auto|kvm|tcg, BWBPF_VM_TIMEOUT (s from boot to result, default 1800),
 # BWBPF_VM_MEM (MB, 3072), BWBPF_VM_CPUS (2), BWBPF_VM_CACHE (/var/cache/bwbpf-vm);
 # ARGS is passed to pytest in the guest, as by the Makefile's other test targets.
@@ -34,6 +35,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# The guest installs the Debian package (as `make deb` builds it, lintian included) and
+# upgrades it in place to a later version whose classifier differs in its bytes (a define
+# the bpf tier also compiles with): tests/systemd/check_upgrade.sh. Built here, where
+# Debian's build tools are; the guest has none, and no network.
+t=$(date +%s)
+say "building the Debian packages for the guest: the release and an upgrade"
+make -s -C "$REPO" deb DEB_DIR="$work/debs" || die "make deb failed"
+make -s -C "$REPO" deb DEB_DIR="$work/debs" VERSION_SUFFIX=+vmupgrade \
+    DEB_BPF_DEFINES=BWBPF_CB_CLASSID LINTIAN=no || die "make deb VERSION_SUFFIX=+vmupgrade failed"
+deb_s=$(($(date +%s) - t))
+say "  $(cd "$work/debs" && echo *.deb) in $deb_s s"
+
 # KVM only if a stock kernel really boots on it here: some hosts' /dev/kvm fails a stock
 # kernel (qemu aborts on an MSR, or the guest hangs silently). The probe boots the image's
 # kernel without a root disk and waits for its panic; the answer is kept per host kernel.
@@ -59,7 +72,8 @@ kvm_works() {
 
 boot() {
     local accel=$1 out=$work/$1 cpu_opts
-    mkdir -p "$out/share"
+    mkdir -p "$out/share/debs"
+    cp "$work/debs/"*.deb "$out/share/debs/"
     echo "$accel" >"$out/share/accel"
     printf '%s\n' "${ARGS:-}" >"$out/share/pytest-args"
     if [ "$accel" = kvm ]; then
@@ -133,7 +147,7 @@ if ! boot "$accel" && [ "$accel" = kvm ]; then
 fi
 
 total_s=$(($(date +%s) - started))
-say "image ${image_s} s, boot to result ${boot_s} s ($accel), total ${total_s} s;" \
+say "image ${image_s} s, packages ${deb_s} s, boot to result ${boot_s} s ($accel), total ${total_s} s;" \
     "serial log kept in $VM_CACHE/last-serial.log"
 case $result in
 0) say "PASS: the bpf and integration tiers and the systemd checks on Debian's kernel" ;;

@@ -6,8 +6,10 @@
 # Prometheus with the installed alert rules raises BwbpfSliceCapped for its capped slice,
 # and `systemctl stop` ends it cleanly.
 #
-# Run as root where systemd is PID 1 and bwbpf was installed with `make install` (the VM
-# test does). It makes a veth pair bwsv<random> and sends UDP out of it; it replaces
+# Run as root where systemd is PID 1 and bwbpf is installed: from the Debian package (the
+# VM test's way: BWBPF=/usr/bin/bwbpf ALERTS=/usr/share/bwbpf/prometheus/alerts.yml) or by
+# `make install` (the defaults below). It makes a veth pair bwsv<random> (tests/systemd/lib.sh)
+# and sends UDP out of it; it replaces
 # /etc/bwbpf/bwbpf.toml for the duration and puts the original back, removes its device,
 # shaping, state files, drop-in, metrics textfile and Prometheus (its own, on a random
 # loopback port), and leaves the service stopped as before.
@@ -27,11 +29,10 @@ TIMEOUT=${TIMEOUT:-120}
 WATCHDOG_TEST_SEC=${WATCHDOG_TEST_SEC:-10}
 DROPIN_DIR=/run/systemd/system/$UNIT.d
 DROPIN=$DROPIN_DIR/50-check-service-watchdog.conf
-SUFFIX=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
-DEV=bwsv$SUFFIX
-PEER=bwsv${SUFFIX}p
-NET=10.251.$((0x${SUFFIX:0:2} % 250 + 1))
-DST=$NET.2
+CHECK=check_service
+# shellcheck source=tests/systemd/lib.sh
+. "$(dirname "$0")/lib.sh"
+pick_device
 TENANT_SRC=$NET.10
 ADDED_SRC=$NET.11
 PACKETS=100
@@ -45,14 +46,6 @@ had_config=no
 was_enabled=no
 made_textfile_dir=no
 prom_pid=
-
-say() { echo "check_service: $*"; }
-
-fail() {
-    echo "check_service: FAIL: $*" >&2
-    journalctl -u "$UNIT" -n 40 --no-pager >&2 || true
-    exit 1
-}
 
 cleanup() {
     set +e
@@ -75,65 +68,6 @@ cleanup() {
     if [ "$had_config" = yes ]; then mv -f "$BACKUP" "$CONFIG"; else rm -f "$CONFIG"; fi
     [ "$was_enabled" = yes ] || systemctl disable "$UNIT" 2>/dev/null
     systemctl reset-failed "$UNIT" 2>/dev/null
-}
-
-prop() { systemctl show -p "$1" --value "$UNIT"; }
-
-# wait_for DESCRIPTION COMMAND...: poll COMMAND until it succeeds, or fail after TIMEOUT.
-wait_for() {
-    local what=$1 deadline=$((SECONDS + TIMEOUT))
-    shift
-    until "$@"; do
-        [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${TIMEOUT}s waiting for: $what"
-        sleep 0.5
-    done
-}
-
-# stat_get KEY: from `bwbpf stat --json`: daemon_pid, or SLICE.period_start, or
-# SLICE.FIELD of the slice's normal class (bytes, counter_bytes); "missing" if absent.
-stat_get() {
-    "$BWBPF" stat --json -c "$CONFIG" | python3 -c '
-import json, sys
-doc, key = json.load(sys.stdin), sys.argv[1]
-if key == "daemon_pid":
-    print((doc.get("daemon") or {}).get("pid", 0))
-    sys.exit()
-name, field = key.split(".", 1)
-for s in doc["slices"]:
-    if s["name"] == name:
-        print(s[field] if field == "period_start" else s["classes"]["normal"][field])
-        break
-else:
-    print("missing")
-' "$1"
-}
-
-# send SRC: PACKETS UDP datagrams of 100 bytes from SRC out of DEV.
-send() {
-    python3 -c '
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 0))
-for _ in range(int(sys.argv[3])):
-    s.sendto(b"x" * 100, (sys.argv[2], 9))
-' "$1" "$DST" "$PACKETS"
-}
-
-is_active() { [ "$(prop ActiveState)" = active ] && [ "$(prop SubState)" = running ]; }
-
-# A new daemon is up: a MainPID other than $1, active, and its status file written.
-restarted_from() {
-    local pid
-    pid=$(prop MainPID)
-    [ "$pid" != 0 ] && [ "$pid" != "$1" ] && is_active && [ "$(stat_get daemon_pid)" = "$pid" ]
-}
-
-# The daemon has accounted everything the kernel counted for SLICE.
-settled() {
-    local used counted
-    used=$(stat_get "$1.bytes")
-    counted=$(stat_get "$1.counter_bytes")
-    [ "$used" != missing ] && [ "$used" -gt 0 ] && [ "$used" = "$counted" ]
 }
 
 write_config() {
@@ -183,13 +117,13 @@ sys.exit(not any(
 # -- preconditions ----------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || fail "run as root"
 [ -d /run/systemd/system ] || fail "systemd is not PID 1 here"
-[ -x "$BWBPF" ] || fail "$BWBPF is missing: run make install"
-systemctl cat "$UNIT" >/dev/null 2>&1 || fail "$UNIT is not installed: run make install"
+[ -x "$BWBPF" ] || fail "$BWBPF is missing: install bwbpf (apt install ./bwbpf_*.deb, or make install)"
+systemctl cat "$UNIT" >/dev/null 2>&1 || fail "$UNIT is not installed: install bwbpf"
 command -v python3 >/dev/null || fail "python3 is missing"
 for tool in curl prometheus promtool; do
     command -v "$tool" >/dev/null || fail "$tool is missing (Debian: apt-get install $tool)"
 done
-[ -f "$ALERTS" ] || fail "$ALERTS is missing: run make install"
+[ -f "$ALERTS" ] || fail "$ALERTS is missing: install bwbpf, or set ALERTS"
 
 trap cleanup EXIT
 if [ -e "$CONFIG" ]; then
@@ -203,12 +137,7 @@ if [ ! -d "$TEXTFILE_DIR" ]; then
     made_textfile_dir=yes
 fi
 
-ip link add "$DEV" type veth peer name "$PEER"
-ip link set "$DEV" up
-ip link set "$PEER" up
-for addr in "$NET.1" "$TENANT_SRC" "$ADDED_SRC"; do ip addr add "$addr/24" dev "$DEV"; done
-# A fixed neighbour: no ARP, so the only IPv4 packets from the tenant are ours.
-ip neigh replace "$DST" lladdr 02:00:00:00:00:02 dev "$DEV"
+make_device "${TENANT_SRC##*.}" "${ADDED_SRC##*.}"
 write_config
 "$BWBPF" check -c "$CONFIG" >/dev/null || fail "bwbpf check rejects the test config"
 
