@@ -28,6 +28,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+from bwbpf import heap
 from bwbpf.errors import Error
 
 RESOLUTIONS = ("5min", "hours", "days", "months", "years")
@@ -40,6 +41,9 @@ _FEW_NAMES = 500
 # SQLite's primary result codes for a file that is not (or no longer) a database.
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+CACHE_KIB = 512
+# A write of at least this many rows is followed by heap.trim (the rows' lists are freed).
+TRIM_AFTER_ROWS = 2000
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -199,6 +203,9 @@ class Store:
             # WAL with NORMAL: a power cut may lose the last writes but never corrupts, and
             # the ledger has what they held (the recorder writes it again).
             conn.execute("PRAGMA synchronous = NORMAL")
+            # 512 KiB of page cache instead of SQLite's 2 MiB: the daemon's resident memory
+            # counts, and the pages it misses are in the kernel's page cache anyway.
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except BaseException:
             conn.close()
             raise
@@ -273,6 +280,8 @@ class Store:
             ) from None
         # Only once committed: a rolled-back insert's ids are not the slices'.
         self._ids.update(new_ids)
+        if len(added) + len(periods) >= TRIM_AFTER_ROWS:
+            heap.trim()
 
     def _new_ids(self, names: set[str]) -> dict[str, int]:
         """The ids of the names not looked up before, inserting those the database lacks
