@@ -156,3 +156,44 @@ def test_a_full_disk_delays_the_history_and_loses_nothing(env: FaultEnv) -> None
     doc = history_doc(env, "--5min")
     assert sum(normal_rows(doc).values()) == sent
     assert "Traceback" not in env.daemon_log()
+
+
+def test_a_counter_reset_and_a_removed_slice_keep_the_history_exact(env: FaultEnv) -> None:
+    # Daily periods: no period boundary in the middle of the test but at midnight UTC.
+    env.write_config(period="daily", extra='[history]\nwrite_interval = "1s"')
+    d = env.start_daemon()
+    env.wait_counted(0)
+    first = env.send(30, PAYLOAD)
+    env.wait_counted(first)
+    stop_cleanly(d)
+    # The counters made again from zero, with a reading far below the ledger's last one:
+    # a restart of the counters, never a wrap that would charge 2^64 bytes.
+    env.topo.bwbpf("down", "-c", str(env.config))
+    assert not env.pin_dir.exists()
+    started = time.time()
+    d = env.start_daemon()
+    env.wait_tick(d, started)  # its classifier attached again, on new counters
+    second = env.send(10, PAYLOAD)
+    env.wait_counted(first + second)  # the ledger: the period's usage goes on
+    # A reload that removes the slice: what it sent stays in the history.
+    other = SLICE_TEMPLATE_OTHER.format(src=env.topo.alt_src_ip)
+    env.write_config(slices=other, period="daily", extra='[history]\nwrite_interval = "1s"')
+    os.kill(d.pid, signal.SIGHUP)
+    wait_for("the reload", lambda: "reloaded" in env.daemon_log(), timeout=60)
+    env.wait_tick(d, time.time() + 1)
+    stop_cleanly(d)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    since = midnight.date().isoformat()
+    days = normal_rows(history_doc(env, "--days", "--since", since))
+    assert days == {midnight.isoformat(): first + second}
+    assert normal_rows(history_doc(env, "--periods", "--since", since)) == days
+    assert env.received_wire() == first + second
+    assert "Traceback" not in env.daemon_log()
+
+
+SLICE_TEMPLATE_OTHER = """
+[[slice]]
+name = "other"
+id = 12
+match = {{ src = ["{src}/32"] }}
+"""
