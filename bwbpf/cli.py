@@ -377,7 +377,7 @@ def history(
         for fmt, path in charts:
             with _option_errors(f"--{fmt}"):
                 historychart.render(doc, path, fmt)
-            click.echo(f"wrote {path}")
+            click.echo(f"wrote {path}", err=True)  # stdout may be the picture itself
     elif as_json:
         click.echo(json.dumps(doc, sort_keys=True))
     elif as_csv:

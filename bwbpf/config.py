@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bwbpf import heap, limits, matchkinds
+from bwbpf import files, heap, limits, matchkinds
 from bwbpf.errors import ConfigError, one_line
 from bwbpf.model import (
     SLICE_NAME,
@@ -125,22 +125,6 @@ class FileProblem(Exception):
     """Why a file the config names cannot be used (one line, without the path)."""
 
 
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in _FILE_KINDS:
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
 def read_text_file(path: str, limit: int = MAX_FILE_BYTES) -> str:
     """A regular file's text, or FileProblem. The file is stat'ed before it is opened, and
     opened non-blocking, so a FIFO or a device never blocks the caller; at most ``limit``
@@ -152,7 +136,7 @@ def read_text_file(path: str, limit: int = MAX_FILE_BYTES) -> str:
     except ValueError as exc:  # an embedded NUL
         raise FileProblem(f"cannot read: {exc}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise FileProblem(f"is {_file_kind(st.st_mode)}, not a regular file")
+        raise FileProblem(f"is {files.kind(st.st_mode)}, not a regular file")
     if st.st_size > limit:
         raise FileProblem(f"is {st.st_size} bytes; at most {limit} are read")
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -163,7 +147,7 @@ def read_text_file(path: str, limit: int = MAX_FILE_BYTES) -> str:
     try:
         st = os.fstat(fd)  # the file opened may not be the one stat'ed
         if not stat.S_ISREG(st.st_mode):
-            raise FileProblem(f"is {_file_kind(st.st_mode)}, not a regular file")
+            raise FileProblem(f"is {files.kind(st.st_mode)}, not a regular file")
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
@@ -271,6 +255,20 @@ class _Checker:
             self.fail(key, f"must be {what}, not {_shown(text)}")
             return None
         return os.path.normpath(text)
+
+    def output_path(self, key: str, value: object) -> str | None:
+        """An absolute path bwbpf will replace with a file of its own: none yet, a regular
+        file, or a symbolic link (replaced, its target left alone). Anything else there (a
+        device such as /dev/null, a FIFO, a directory) is refused: renaming over it would
+        put a file in place of the node, and a database "set aside" would move the node."""
+        path = self.abspath(key, value)
+        if path is None:
+            return None
+        node = files.foreign_node(path)
+        if node is not None:
+            self.fail(key, f"{path} is {node}, not a file bwbpf can own")
+            return None
+        return path
 
     def prefix(self, key: str, value: object) -> Network | None:
         return self.convert(key, value, _network)
@@ -479,7 +477,7 @@ def _metrics(c: _Checker, raw: object) -> Metrics | None:
             port = int(port_text)
     textfile = m.get("textfile")
     if textfile is not None:
-        textfile = c.abspath("metrics.textfile", textfile)
+        textfile = c.output_path("metrics.textfile", textfile)
     interval = c.convert(
         "metrics.textfile_interval", m.get("textfile_interval", "60s"), parse_duration
     )
@@ -497,7 +495,7 @@ def _history(c: _Checker, raw: object, quota_tz: str) -> History:
         enabled = True
     file = h.get("file")
     if file is not None:
-        file = c.abspath("history.file", file)
+        file = c.output_path("history.file", file)
     interval = c.convert("history.write_interval", h.get("write_interval", "5m"), parse_duration)
     if interval is not None and not 1 <= interval <= 300:
         c.fail("history.write_interval", "must be at least 1s and at most 5m")

@@ -28,7 +28,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from bwbpf import heap
+from bwbpf import files, heap
 from bwbpf.errors import Error
 
 RESOLUTIONS = ("5min", "hours", "days", "months", "years")
@@ -194,8 +194,11 @@ class Store:
     def _open(cls, path: str, interface: str) -> Store:
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
+        node = files.foreign_node(path)
+        if node is not None:  # not moved aside: it is not a database bwbpf made
+            raise Error(f"history {path}: is {node}, not a database bwbpf can own")
         if os.path.lexists(path) and not os.path.isfile(path):
-            raise _Unusable("not a regular file")
+            raise _Unusable("a symbolic link to no regular file")
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             _check_or_create(conn, interface)

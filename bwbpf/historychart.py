@@ -42,6 +42,7 @@ import contextlib
 import io
 import math
 import os
+import stat
 from collections.abc import Sequence
 from datetime import datetime
 from itertools import islice
@@ -114,6 +115,11 @@ def require() -> None:
 def check_target(path: str) -> None:
     """Error (one line, naming ``path``) when a picture cannot be written there; checked
     before the history is read, so that a typo costs nothing."""
+    kind = _special(path)
+    if kind == "stream":
+        return  # written into as it is (a pipe, /dev/stdout), never replaced
+    if kind is not None:
+        raise Error(f"{path}: is a {kind}, not a file a picture can be written to")
     target = os.path.realpath(path)
     if os.path.isdir(target):
         raise Error(f"{path}: is a directory")
@@ -181,7 +187,34 @@ def _matplotlib() -> Any:
     return matplotlib
 
 
+def _special(path: str) -> str | None:
+    """None for a regular file or none at all; "stream" for a character device or a FIFO
+    (written into, as ``> /dev/stdout`` would); else what it is (refused: a rename over a
+    socket or a block device would replace the node itself)."""
+    try:
+        # Followed as the kernel would (/dev/stdout is a link to /proc/self/fd/1, whose
+        # "target" a pipe's realpath cannot name).
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None  # a directory is check_target's to refuse
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return "stream"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "block device" if stat.S_ISBLK(mode) else "special file"
+
+
 def _write(path: str, data: bytes) -> None:
+    if _special(path) == "stream":
+        # A device or a pipe: a rename would put a regular file in place of the node.
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            raise Error(f"{path}: cannot write: {exc.strerror or exc}") from None
+        return
     target = os.path.realpath(path)  # a symlink's target is replaced, not the link
     tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
     try:

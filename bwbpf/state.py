@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
+from bwbpf import files
 from bwbpf.errors import Error
 from bwbpf.ledger import Ledger, check_time_bounds
 
@@ -471,11 +472,15 @@ def write_atomic(path: str, data: bytes | Iterable[bytes]) -> int:
     """Replace ``path`` with ``data`` (bytes, or pieces of it written as they come): a new
     file, synced, renamed over it. Returns the bytes written.
 
+    Raises OSError (EEXIST) when ``path`` is a directory, a device, a FIFO or a socket.
     Nothing is ever written through a symbolic link: tempfile.mkstemp creates the temporary
     file with O_EXCL | O_NOFOLLOW under a fresh random name (never an existing file), and
     rename(2) replaces a symbolic link at ``path`` by the file, leaving the link's target
     alone.
     """
+    node = files.foreign_node(path)
+    if node is not None:  # a rename would put a file in place of a device or a FIFO
+        raise OSError(errno.EEXIST, f"{node} is there, and bwbpf replaces only files")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Same directory as the target: rename(2) is atomic only within one filesystem.

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import sqlite3
+import stat
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -251,8 +252,9 @@ def test_another_interfaces_history_is_moved_aside(tmp_path: Path) -> None:
 def test_a_directory_in_the_way_is_one_error(tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite"
     path.mkdir()
-    _, problem = Store.open(str(path), "eth0")
-    assert problem is not None and "not a regular file" in problem
+    with pytest.raises(Error, match=r"h\.sqlite: is a directory, not a database bwbpf can own$"):
+        Store.open(str(path), "eth0")
+    assert path.is_dir()  # not moved: bwbpf did not make it
 
 
 def test_reading_a_missing_or_foreign_file_is_one_error(tmp_path: Path) -> None:
@@ -714,6 +716,30 @@ def test_history_file_may_not_be_the_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state" / "ledger-lo.json"
     with pytest.raises(ConfigError, match=r"history\.file: must not be the state file"):
         make_config(tmp_path, f'[history]\nfile = "{state}"')
+
+
+@pytest.mark.parametrize("section", ["history", "metrics"])
+def test_a_device_fifo_or_directory_is_no_file_to_write(tmp_path: Path, section: str) -> None:
+    key = {"history": "file", "metrics": "textfile"}[section]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    nodes = (("/dev/null", "a character device"), (fifo, "a FIFO"), (tmp_path, "a directory"))
+    for node, kind in nodes:
+        with pytest.raises(ConfigError, match=rf"{section}\.{key}: {node} is {kind}, not a file"):
+            make_config(tmp_path, f'[{section}]\n{key} = "{node}"')
+    link = tmp_path / "link"
+    link.symlink_to("/dev/null")  # a link is replaced, never written through: allowed
+    make_config(tmp_path, f'[{section}]\n{key} = "{link}"')
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_node_that_is_no_database_is_refused_not_moved(tmp_path: Path) -> None:
+    fifo = tmp_path / "history.sqlite"
+    os.mkfifo(fifo)
+    with pytest.raises(Error, match=r"history .*history\.sqlite: is a FIFO, not a database"):
+        Store.open(str(fifo), "lo", 0.0)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["history.sqlite"]
 
 
 # -- the command ---------------------------------------------------------------------------

@@ -7,8 +7,11 @@ historychart; the PNG is decoded and its pixels counted, the SVG (text kept as t
 from __future__ import annotations
 
 import os
+import socket
+import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -314,6 +317,43 @@ def test_a_failed_write_names_the_file(tmp_path: Path) -> None:
         historychart.render(doc_of(cfg), target, "png")
 
 
+@needs_matplotlib
+def test_a_device_is_written_into_never_replaced(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    fill(cfg, {"alice": [(MB, 0)]})
+    with pytest.raises(Error, match=r"^/dev/full: cannot write: No space left on device$"):
+        historychart.render(doc_of(cfg), "/dev/full", "png")
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # still the device
+    link = tmp_path / "to-null.svg"
+    link.symlink_to("/dev/null")
+    historychart.render(doc_of(cfg), str(link), "svg")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and link.is_symlink()
+
+
+@needs_matplotlib
+def test_a_fifo_gets_the_picture(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    fill(cfg, {"alice": [(MB, 0)]})
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    historychart.render(doc_of(cfg), str(fifo), "png")
+    reader.join(timeout=30)
+    assert got and got[0].startswith(b"\x89PNG")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_socket_is_refused_before_anything_is_drawn(tmp_path: Path) -> None:
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        with pytest.raises(Error, match=r"sock: is a socket, not a file a picture can be"):
+            historychart.check_target(str(path))
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+
+
 def test_matplotlib_is_imported_only_to_draw() -> None:
     code = (
         "import sys\n"
@@ -340,12 +380,13 @@ def test_cli_writes_png_and_svg_instead_of_the_table(tmp_path: Path) -> None:
     fill(cfg, {"alice": [(7 * MB, MB), (9 * MB, 0)], "bob": [(2 * MB, 0)]})
     png, svg = tmp_path / "h.png", tmp_path / "h.svg"
     code, out, err = history(cfg, "alice", "--png", str(png), "--svg", str(svg))
-    assert (code, err) == (0, "")
-    assert out == f"wrote {png}\nwrote {svg}\n"
+    # On stderr: stdout may be the picture (--png /dev/stdout).
+    assert (code, out) == (0, "")
+    assert err == f"wrote {png}\nwrote {svg}\n"
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "lo · alice · daily usage" in svg.read_text()
-    code, out, _ = history(cfg, "--top", "1", "--svg", str(svg))
-    assert code == 0 and out == f"wrote {svg}\n"
+    code, _, err = history(cfg, "--top", "1", "--svg", str(svg))
+    assert code == 0 and err == f"wrote {svg}\n"
     text = svg.read_text()
     assert "lo · alice · daily usage" in text and ">bob" not in text
 
@@ -356,9 +397,20 @@ def test_cli_an_empty_range_writes_a_chart_that_says_so(tmp_path: Path) -> None:
     fill(cfg, {"alice": [(MB, 0)]})
     svg = tmp_path / "h.svg"
     code, out, err = history(cfg, "bob", "--svg", str(svg))
-    assert code == 0 and out == f"wrote {svg}\n"
-    assert err == "bwbpf: no history in this range for: bob\n"
+    assert code == 0 and out == ""
+    assert err == f"bwbpf: no history in this range for: bob\nwrote {svg}\n"
     assert "no traffic recorded" in svg.read_text()
+
+
+@needs_matplotlib
+def test_cli_png_to_stdout_is_the_picture_alone(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    fill(cfg, {"alice": [(MB, 0)]})
+    cmd = [sys.executable, "-m", "bwbpf.cli", "history", "-c", cfg.path, "--png", "/dev/stdout"]
+    done = subprocess.run(cmd, capture_output=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"\x89PNG") and done.stdout.endswith(b"IEND\xaeB`\x82")
+    assert done.stderr == b"wrote /dev/stdout\n"
 
 
 @pytest.mark.parametrize("option", ["--png", "--svg"])

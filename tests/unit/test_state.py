@@ -425,6 +425,17 @@ def test_save_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -
     assert load_state(str(path), "eth0", now=NOW) == (sample(), None)
 
 
+def test_write_atomic_replaces_no_device_fifo_or_directory(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "dir").mkdir()
+    for node in (fifo, tmp_path / "dir"):
+        with pytest.raises(OSError, match=r"is there, and bwbpf replaces only files"):
+            write_atomic(str(node), b"x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and (tmp_path / "dir").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "fifo"]  # no temporary left
+
+
 def test_temporary_file_is_never_an_existing_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
