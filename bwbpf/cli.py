@@ -328,6 +328,7 @@ def history(
       bwbpf history -c bwbpf.toml --periods --json  each quota period's totals
       bwbpf history -c bwbpf.toml alice --png alice.png   alice's 30 days, her limits
       bwbpf history -c bwbpf.toml --top 5 --hours --svg top.svg   the top 5 by hour
+      bwbpf history -c bwbpf.toml --png /dev/stdout | display    straight to a viewer
 
     With --png or --svg (both may be given) the chart is written instead of the table:
     one slice's bars split normal and exempt, with its quota period's limit and threshold
