@@ -961,7 +961,9 @@ class Daemon:
     def _read_config(self) -> Config:
         path = self.cfg.path
         # Unpickled here, which packs it as config.load would.
-        new = heap.isolated(lambda: config.load(path, pack=False))
+        new = heap.isolated(
+            lambda: config.load(path, pack=False), "the process reading the configuration"
+        )
         for key in ("interface", "state_dir", "bpffs_dir"):
             if getattr(new, key) != getattr(self.cfg, key):
                 raise Error(

@@ -41,13 +41,14 @@ def packed(make: Callable[[], T]) -> T:
     return pickle.loads(data)  # our own bytes, made just above
 
 
-def isolated(make: Callable[[], T]) -> T:
+def isolated(make: Callable[[], T], what: str = "the child process") -> T:
     """What ``make()`` returns (or raises), made in a forked child and handed back pickled:
     the daemon's heap sees only the result, never what making it took. A reload's TOML
     parse peaks at ~19 MB at 10,000 slices; in the daemon's own heap it left pymalloc
     arenas pinned by the few objects allocated among its garbage, ~5 MB more resident
     after each of the first reloads (measured: 41 arenas after 6 reloads, 36 this way).
-    Without fork (or if it fails) ``make()`` runs here."""
+    Without fork (or if it fails) ``make()`` runs here. ``what`` names the child in the
+    error raised when it dies without an answer."""
     try:
         r, w = os.pipe()
     except OSError:
@@ -78,7 +79,7 @@ def isolated(make: Callable[[], T]) -> T:
     if not data:
         code = os.waitstatus_to_exitcode(wait_status)
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        raise Error(f"the process reading the configuration ended with {how}")
+        raise Error(f"{what} ended with {how}")
     ok, value = pickle.loads(data)  # our own child's bytes
     del data
     if not ok:

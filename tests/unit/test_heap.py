@@ -119,13 +119,11 @@ def test_isolated_child_that_dies_is_one_error() -> None:
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    with pytest.raises(
-        Error, match=r"^the process reading the configuration ended with signal SIGKILL$"
-    ):
-        heap.isolated(die)
+    with pytest.raises(Error, match=r"^the reader ended with signal SIGKILL$"):
+        heap.isolated(die, "the reader")
 
     def leave() -> None:
         raise SystemExit(3)
 
-    with pytest.raises(Error, match=r"ended with exit status 1$"):
+    with pytest.raises(Error, match=r"^the child process ended with exit status 1$"):
         heap.isolated(leave)
