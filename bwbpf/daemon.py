@@ -345,6 +345,10 @@ class TickMeter:
 # -- the daemon -----------------------------------------------------------------------------
 
 
+def _watchdog_alive() -> None:
+    sd_notify("WATCHDOG=1")
+
+
 class Daemon:
     """One interface's quota daemon. ``start()``, then ``tick(now)`` as often as wanted,
     then ``stop()``; or ``run()`` for all of it with signals."""
@@ -494,6 +498,9 @@ class Daemon:
             keep=True,
             take_over=self._take_over,
             remove=remove,
+            # Tens of seconds in the kernel at 10,000 slices on a new qdisc (a restore after
+            # someone deleted it): alive all along, so the watchdog must not kill it.
+            progress=_watchdog_alive,
         )
         self._cleanup_due = not remove
         self._take_over = False

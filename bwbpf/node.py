@@ -4,10 +4,10 @@ together, in the order that never leaves a packet without a real class."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from bwbpf import datapath, tree
+from bwbpf import classid, datapath, limits, tree
 from bwbpf.model import Config
 from bwbpf.shaper import Shaper
 
@@ -37,6 +37,7 @@ def up(
     keep: bool = False,
     take_over: bool = False,
     remove: bool = True,
+    progress: Callable[[], None] | None = None,
 ) -> UpReport:
     """Install or refresh the tree and the classifier; idempotent.
 
@@ -53,16 +54,25 @@ def up(
     An interface whose classifier is another bwbpf's (datapath.check_owner) is refused
     before anything changes, unless ``take_over``. Without ``remove`` the classes no slice
     owns stay, for the caller to delete (the daemon does it in a thread: classwork.py).
+
+    On a root qdisc made here (a first ``up``, or one someone deleted) no filter counts
+    anything yet, and creating every slice's classes takes the kernel tens of seconds at
+    10,000 slices. So the classifier goes on as soon as the parents and the default
+    slice's classes exist, and the other classes follow: a packet of a slice whose class
+    is not made yet goes to HTB's default, the default slice's class, and is counted to
+    its own slice all the same. ``progress`` is called after each batch of netlink
+    requests (the daemon tells systemd's watchdog it is alive).
     """
     specs = tree.desired_tree(cfg, ceilings)
     tables = datapath.tables_for(cfg)
     if not take_over:
         datapath.check_owner(cfg, None if current is None else current.id)
     reuse = current is not None and _same_maps(current.tables, tables)
-    with Shaper(cfg.interface) as shaper:
+    with Shaper(cfg.interface, progress=progress) as shaper:
         created = shaper.ensure_qdisc()
         installed = shaper.classes()
-        changes = shaper.apply(specs, installed)
+        first, later = _first_classes(cfg, specs) if created else (specs, [])
+        changes = shaper.apply(first, installed)
         program = current if reuse and current is not None else datapath.Program.load(cfg)
         try:
             datapath.attach(cfg, program.fd)
@@ -72,6 +82,7 @@ def up(
             raise
         # Attached: now the pins name it (and the previous program's pins go).
         program.publish(cfg.pin_dir)
+        changes += shaper.apply(later, installed)
         # The dump from before apply() serves: every class apply() added is one to keep.
         removed = shaper.remove_others({s.handle for s in specs}, installed) if remove else []
     if current is not None and program is not current:
@@ -83,6 +94,21 @@ def up(
     return UpReport(
         created, changes, removed, tables.problems, program if keep else None, not reuse
     )
+
+
+def _first_classes(
+    cfg: Config, specs: list[tree.ClassSpec]
+) -> tuple[list[tree.ClassSpec], list[tree.ClassSpec]]:
+    """(the parents and the default slice's classes, the others), each in specs' order."""
+    default = cfg.default_slice.id
+    dclasses = range(len(limits.DCLASSES))
+    first_handles = {
+        classid.ROOT_CLASS,
+        *(classid.parent_class(d) for d in dclasses),
+        *(classid.slice_class(default, d) for d in dclasses),
+    }
+    first = [s for s in specs if s.handle in first_handles]
+    return first, [s for s in specs if s.handle not in first_handles]
 
 
 class Watch:

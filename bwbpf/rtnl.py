@@ -59,7 +59,10 @@ class Rtnl:
     # them and recv fails with ENOBUFS (seen with 500).
     BATCH = 64
 
-    def __init__(self, netns: str | None) -> None:
+    def __init__(self, netns: str | None, progress: Callable[[], None] | None = None) -> None:
+        # Called after each batch of run(): a caller that must show it is alive while the
+        # kernel takes tens of seconds over thousands of class creations (the watchdog).
+        self.progress = progress
         self.sock = _route_socket(netns)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
@@ -112,6 +115,8 @@ class Rtnl:
                         log.debug("%s: kernel says: %s", doing, text)
             if failure is not None:
                 raise Error(failure)
+            if self.progress is not None:
+                self.progress()
 
     def classes(self, ifindex: int, stats: bool = True) -> list[htbmsg.HtbClass]:
         """Every HTB class of the device (with its counters, unless not ``stats``)."""

@@ -81,9 +81,12 @@ GET_MAX = 64
 class Shaper:
     """The HTB tree on one interface. Use as a context manager (it holds a netlink socket)."""
 
-    def __init__(self, ifname: str, netns: str | None = None) -> None:
+    def __init__(
+        self, ifname: str, netns: str | None = None, progress: Callable[[], None] | None = None
+    ) -> None:
+        """``progress`` is called after each batch of requests (``Rtnl.progress``)."""
         self.ifname = ifname
-        self._rtnl = Rtnl(netns)
+        self._rtnl = Rtnl(netns, progress)
         try:
             index = self._interface_index(ifname, netns)
         except BaseException:
