@@ -282,6 +282,31 @@ def test_sd_notify_sends_a_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert sock.recv(100) == b"READY=1\nSTATUS=ok"
 
 
+def test_an_install_tells_the_watchdog_at_every_batch(
+    cfg: config.Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """node.up calls ``progress`` after each batch of netlink requests; the daemon's sends
+    WATCHDOG=1, so tens of seconds of class creations in its loop are not a hang."""
+    calls: list[Any] = []
+
+    def up(c: config.Config, _ceils: Any, **kw: Any) -> node.UpReport:
+        progress = kw["progress"]
+        progress()
+        progress()
+        calls.append(progress)
+        return node.UpReport(True, 0, [], ())
+
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        d = daemon.Daemon(cfg, node_up=up, counters=fake_counters)
+        d._install({})
+        sock.settimeout(1)
+        assert [sock.recv(100), sock.recv(100)] == [b"WATCHDOG=1", b"WATCHDOG=1"]
+    assert len(calls) == 1
+
+
 def test_second_daemon_on_the_interface_is_refused(cfg: config.Config) -> None:
     first = daemon.Daemon(cfg, dry_run=True)
     lifecycle.probe_state_dir(cfg.state_dir)  # as start() does before it takes the lock
