@@ -42,6 +42,10 @@ from bwbpf.policy import Decision
 
 PREFIX = "bwbpf"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Connections served at once (Prometheus, a few browsers on the node page), and how long
+# one may stay silent before it is dropped.
+MAX_CONNECTIONS = 32
+IDLE_TIMEOUT_S = 10.0
 
 # Every metric family this module can expose, by its name in the exposition (counters with
 # their ``_total``, info with its ``_info``), and its help text. The dashboard and alert tests
@@ -370,6 +374,10 @@ class _Handler(BaseHTTPRequestHandler):
     Every other method: 405, for every path: nothing here changes anything."""
 
     server: _Server
+    # A client that sends its request too slowly (or nothing) is dropped after this many
+    # seconds of silence: it must not hold a thread and a file descriptor of the quota
+    # daemon for ever. A scrape sends its request at once.
+    timeout = IDLE_TIMEOUT_S
 
     def do_GET(self) -> None:
         self._get(head=False)
@@ -441,13 +449,34 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once: a connection past them is
+    closed at once, so that however many a client opens, the daemon's threads and file
+    descriptors (which its state writes and netlink need) stay bounded."""
+
     daemon_threads = True
 
     def __init__(self, host: str, port: int, exporter: Exporter) -> None:
         # An IPv6 literal needs an AF_INET6 socket; the class attribute is read on bind.
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.exporter = exporter
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((host, port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class Exporter:

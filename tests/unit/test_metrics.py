@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from bwbpf.errors import Error
 from bwbpf.ledger import Ledger
 from bwbpf.limits import ERROR_REASONS
 from tests.exposition import samples
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "prometheus"
@@ -519,3 +520,49 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _closed_by_server(conn: socket.socket) -> bool:
+    conn.settimeout(0.01)
+    try:
+        return conn.recv(1) == b""
+    except TimeoutError:
+        return False  # held open by a thread of the server
+
+
+def test_connections_past_the_limit_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many connections a client opens and leaves silent, the daemon holds at most
+    MAX_CONNECTIONS of them (a thread and a descriptor each); the others it closes."""
+    monkeypatch.setattr(metrics, "MAX_CONNECTIONS", 4, raising=False)
+    monkeypatch.setattr(metrics._Handler, "timeout", 60.0)
+    port = free_port()
+    with metrics.Exporter("lo") as exporter:
+        exporter.serve(config.Metrics("127.0.0.1", port, None))
+        threads = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        try:
+            wait_for(
+                "16 connections closed by the server",
+                lambda: sum(map(_closed_by_server, idle)) >= 16,
+                timeout=20,
+            )
+            assert threading.active_count() <= threads + 4
+        finally:
+            for conn in idle:
+                conn.close()
+        # The held ones end with their clients: scrapes are served again.
+        assert "bwbpf_build_info" in scrape(port)
+
+
+def test_a_silent_connection_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert 0 < metrics._Handler.timeout <= 30  # by default too, not only in this test
+    monkeypatch.setattr(metrics._Handler, "timeout", 0.5)
+    port = free_port()
+    with metrics.Exporter("lo") as exporter:
+        exporter.serve(config.Metrics("127.0.0.1", port, None))
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            wait_for("the server to drop it", lambda: _closed_by_server(conn), timeout=10)
