@@ -454,6 +454,10 @@ class _Server(ThreadingHTTPServer):
     descriptors (which its state writes and netlink need) stay bounded."""
 
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of connections (a page's requests, two
+    # Prometheus servers) overflowed it, and each connection past it waited 1 s for its SYN
+    # to be sent again.
+    request_queue_size = 64
 
     def __init__(self, host: str, port: int, exporter: Exporter) -> None:
         # An IPv6 literal needs an AF_INET6 socket; the class attribute is read on bind.
