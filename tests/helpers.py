@@ -1,11 +1,13 @@
 """Helpers every test tier uses: waiting for a condition, reading a JSON file that may be
-half written or absent, stopping a process the test started (by its pid), and a free
-loopback port. One copy, imported from here."""
+half written or absent, stopping a process the test started (by its pid), a free
+loopback port, and a map pinned as another bwbpf version would have left it. One copy,
+imported from here."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -58,3 +60,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def pin_old_map(
+    path: str,
+    entries: int,
+    value: str = "u64",
+    kind: str = "percpu_array",
+    key: str = "u32",
+    types: str = "",
+) -> None:
+    """A pinned map (a per-CPU array of ``entries`` slots unless ``kind`` says otherwise),
+    as another bwbpf would have left it; ``types`` declares what ``value`` names."""
+    from bcc import BPF
+
+    # bpffs names have no dot: the C name is the pin's, with '-' and '@' made '_'.
+    name = re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(path))
+    old = BPF(
+        text=f'{types}BPF_TABLE_PINNED("{kind}", {key}, {value}, {name}, {entries}, "{path}");'
+        "int f(struct __sk_buff *skb) { return 0; }"
+    )
+    old.cleanup()

@@ -14,6 +14,7 @@ from bwbpf import bpfsys, config, datapath, layout, limits, matchkinds
 from bwbpf.errors import Error
 from bwbpf.matchkinds import Flag
 from tests.conftest import unique
+from tests.helpers import pin_old_map
 
 HEADER = (datapath.bpf_source_dir() / "bwbpf.h").read_text()
 
@@ -82,27 +83,6 @@ def test_structs_match_what_bcc_builds() -> None:
         bpf.cleanup()
         datapath.remove_pins(cfg.pin_dir)
         shutil.rmtree(bpffs, ignore_errors=True)
-
-
-def pin_old_map(
-    path: str,
-    entries: int,
-    value: str = "u64",
-    kind: str = "percpu_array",
-    key: str = "u32",
-    types: str = "",
-) -> None:
-    """A pinned map (a per-CPU array of ``entries`` slots unless ``kind`` says otherwise),
-    as another bwbpf would have left it; ``types`` declares what ``value`` names."""
-    from bcc import BPF
-
-    # bpffs names have no dot: the C name is the pin's, with '-' and '@' made '_'.
-    name = re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(path))
-    old = BPF(
-        text=f'{types}BPF_TABLE_PINNED("{kind}", {key}, {value}, {name}, {entries}, "{path}");'
-        "int f(struct __sk_buff *skb) { return 0; }"
-    )
-    old.cleanup()
 
 
 @pytest.mark.root

@@ -13,8 +13,8 @@ import pytest
 
 from bwbpf import bpfsys, config, datapath
 from bwbpf.errors import Error
-from tests.bpf.test_layout import pin_old_map
 from tests.conftest import unique
+from tests.helpers import pin_old_map
 
 pytestmark = pytest.mark.root
 
