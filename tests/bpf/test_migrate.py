@@ -14,7 +14,7 @@ import pytest
 from bwbpf import bpfsys, config, datapath
 from bwbpf.errors import Error
 from tests.conftest import unique
-from tests.helpers import pin_old_map
+from tests.helpers import pin_old_map, pinned_id, pinned_shape
 
 pytestmark = pytest.mark.root
 
@@ -50,23 +50,6 @@ def old_counters(pin_dir: str, slots: int, dclasses: int, counts: dict[int, list
         os.close(fd)
 
 
-def pinned_id(path: str) -> int:
-    fd = bpfsys.obj_get(path)
-    try:
-        return int(bpfsys.map_info(fd).id)
-    finally:
-        os.close(fd)
-
-
-def shape(path: str) -> tuple[int, int, int, int]:
-    fd = bpfsys.obj_get(path)
-    try:
-        info = bpfsys.map_info(fd)
-        return (info.type, info.key_size, info.value_size, info.max_entries)
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize(
     ("slots", "dclasses"),
     [
@@ -89,7 +72,7 @@ def test_a_readable_layout_is_moved_aside_and_read_back(
     assert datapath.retired_pins(cfg.pin_dir) == [retired]
     assert pinned_id(retired) == old_id  # the same map, counts and all
     counters = os.path.join(cfg.pin_dir, "counters")
-    assert shape(counters) == datapath.PINNED_MAPS["counters"]
+    assert pinned_shape(counters) == datapath.PINNED_MAPS["counters"]
     assert not datapath.counters_layout_changes(cfg.pin_dir)
     with datapath.RetiredCounters(retired) as old:
         assert (old.map_id, old.slots, old.dclasses) == (old_id, slots, dclasses)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bwbpf import bpfsys, config, datapath, state
-from tests.helpers import pin_old_map, stop, stop_cleanly, wait_for
+from bwbpf import config, datapath, state
+from tests.helpers import pin_old_map, pinned_shape, stop, stop_cleanly, wait_for
 from tests.integration.netns import BWBPF, FIRST_TICK_S, REPO, DaemonEnv, wait_status
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -98,12 +98,7 @@ def stat_usage(env: DaemonEnv) -> int:
 
 
 def counters_shape(env: DaemonEnv) -> tuple[int, int, int, int]:
-    fd = bpfsys.obj_get(os.path.join(pin_dir(env), "counters"))
-    try:
-        info = bpfsys.map_info(fd)
-        return (info.type, info.key_size, info.value_size, info.max_entries)
-    finally:
-        os.close(fd)
+    return pinned_shape(os.path.join(pin_dir(env), "counters"))
 
 
 def test_an_upgrade_carries_what_the_old_maps_counted(env: DaemonEnv) -> None:
