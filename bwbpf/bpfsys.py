@@ -26,6 +26,7 @@ BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 
@@ -64,6 +65,14 @@ class _Batch(ctypes.Structure):
         ("map_fd", ctypes.c_uint32),
         ("elem_flags", ctypes.c_uint64),
         ("flags", ctypes.c_uint64),
+    ]
+
+
+class _GetById(ctypes.Structure):
+    _fields_ = [
+        ("id", ctypes.c_uint32),
+        ("next_id", ctypes.c_uint32),
+        ("open_flags", ctypes.c_uint32),
     ]
 
 
@@ -162,6 +171,12 @@ def obj_pin(fd: int, path: str) -> None:
     name = ctypes.create_string_buffer(os.fsencode(path))
     attr = _ObjGet(pathname=ctypes.addressof(name), bpf_fd=fd)
     _bpf(BPF_OBJ_PIN, attr)
+
+
+def prog_get_fd_by_id(prog_id: int) -> int:
+    """Open a loaded program by its kernel id (an attached filter's TCA_BPF_ID); the
+    caller closes the fd."""
+    return _bpf(BPF_PROG_GET_FD_BY_ID, _GetById(id=prog_id))
 
 
 def map_info(fd: int) -> MapInfo:

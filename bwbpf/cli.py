@@ -157,14 +157,28 @@ def up(config_path: str, take_over: bool) -> None:
       bwbpf up -c /etc/bwbpf/bwbpf.toml
       bwbpf up -c new.toml --take-over     replace another configuration's classifier
     """
-    from bwbpf import node
+    from bwbpf import datapath, lifecycle, node
 
     cfg = _load(config_path)
+    holder = lifecycle.lock_holder(lifecycle.lock_path(cfg.state_dir, cfg.interface))
+    if holder is not None and datapath.counters_layout_changes(cfg.pin_dir):
+        # The running daemon reads the pinned map with its own layout, and would pin it
+        # back; its restart (of this version) moves the map aside and accounts it.
+        raise Error(
+            f"a bwbpf daemon (pid {holder or '?'}) is running on {cfg.interface} with counters"
+            " of another layout: restart it (systemctl restart bwbpf), which replaces them"
+            " and accounts what they counted; nothing was changed"
+        )
     report = node.up(cfg, take_over=take_over)
     click.echo(
         f"{cfg.interface}: classifier attached; {len(cfg.slices) + 1} slices;"
         f" {report.class_changes} class changes, {len(report.classes_removed)} removed"
     )
+    for path in datapath.retired_pins(cfg.pin_dir):
+        click.echo(
+            f"{cfg.interface}: counters of another bwbpf layout wait in {path}; the daemon"
+            " adds what they counted to the usage when it starts (`bwbpf down` would lose it)"
+        )
 
 
 @main.command()

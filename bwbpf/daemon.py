@@ -25,6 +25,7 @@ from bwbpf import (
     heap,
     lifecycle,
     metrics,
+    migrate,
     node,
     nodepage,
     notify,
@@ -349,6 +350,10 @@ def _watchdog_alive() -> None:
     sd_notify("WATCHDOG=1")
 
 
+class RetiredPending(Error):
+    """A counters map of another layout is still to be accounted (Daemon._account_retired)."""
+
+
 class Daemon:
     """One interface's quota daemon. ``start()``, then ``tick(now)`` as often as wanted,
     then ``stop()``; or ``run()`` for all of it with signals."""
@@ -518,12 +523,19 @@ class Daemon:
             report.class_changes,
             len(report.classes_removed),
         )
-        self._reopen_counters()
+        # A counters map of another layout not accounted yet is not fatal: the daemon shapes
+        # by the usage it has, and the tick that follows tries again (``_account``),
+        # logging why and showing it in stat until it works.
+        with contextlib.suppress(RetiredPending):
+            self._reopen_counters(self.clock.now())
 
-    def _reopen_counters(self) -> None:
+    def _reopen_counters(self, now: float) -> None:
         if self._counters is not None:
             self._counters.close()
             self._counters = None
+        # Before the ledger moves on to the map pinned now, which may be new: what an older
+        # layout's map counted until the new program replaced its own.
+        self._account_retired(now)
         self._counters = self._open_counters(self.cfg.pin_dir)
         generation = self._counters.generation
         if self.ledger.counters_generation != generation:
@@ -533,6 +545,70 @@ class Daemon:
             log.info("%s: counters were recreated; counting them from zero", self.cfg.interface)
             self.ledger.counters_restarted()
         self.ledger.counters_generation = generation
+
+    def _account_retired(self, now: float) -> None:
+        """Account each counters map of another layout that the loader moved aside
+        (datapath.retire_pin), then unpin it.
+
+        The map is read as the generation it was while it was ``counters``: for the map the
+        previous version's daemon read, the one the ledger last saw, so a tick's update
+        takes exactly what it counted since the last reading. The state is saved before the
+        pin goes: a daemon killed in between reads the map again at the same generation and
+        baselines, which adds nothing. Raises RetiredPending while a map cannot be
+        accounted: the ledger must not move to another map before, or the old one would
+        later count from zero a second time."""
+        pin_dir = self.cfg.pin_dir
+        with contextlib.ExitStack() as stack:
+            found = []
+            for path in datapath.retired_pins(pin_dir):
+                try:
+                    found.append(stack.enter_context(datapath.RetiredCounters(path)))
+                except Error as exc:
+                    raise RetiredPending(f"{self.cfg.interface}: {exc}") from exc
+            # The map the ledger read first; any other was made after it (a `bwbpf up` of
+            # yet another version before this daemon started), and counts from zero.
+            found.sort(key=lambda r: (r.generation != self.ledger.counters_generation, r.map_id))
+            for retired in found:
+                try:
+                    self._account_one_retired(retired, now)
+                except (Error, OSError) as exc:
+                    raise RetiredPending(
+                        f"{self.cfg.interface}: the counters map {retired.map_id} of another"
+                        f" bwbpf layout ({retired.path}) is not accounted yet, so the new"
+                        f" map's counts wait: {one_line(exc)}"
+                    ) from exc
+
+    def _account_one_retired(self, retired: datapath.RetiredCounters, now: float) -> None:
+        cfg = self.cfg
+        if retired.also_current(cfg.pin_dir):
+            # Pinned again as `counters` by whoever held it: it is still the map in use.
+            retired.unpin()
+            log.info("%s: %s is the counters map in use; unpinned", cfg.interface, retired.path)
+            return
+        if retired.in_use(cfg.interface):
+            raise Error(
+                "the attached classifier still counts into it (the program loaded in its"
+                " place was not attached); `bwbpf up` attaches one"
+            )
+        carried = migrate.carry(retired.read(), (s.id for s in cfg.all_slices()))
+        before = self.ledger.records()
+        if self.ledger.counters_generation != retired.generation:
+            self.ledger.counters_restarted()  # a map this ledger never read: all of it is new
+        self.ledger.counters_generation = retired.generation
+        self._update_ledger(now, carried.raw)
+        self._state.save(self.ledger, now)
+        if self.history is not None:
+            self._guard(self.history.observe, self.ledger, self.ledger.changed, now)
+        partial, line = migrate.summary(
+            cfg.interface,
+            retired.map_id,
+            retired.slots,
+            retired.dclasses,
+            migrate.carried_bytes(before, self.ledger.records()),
+            carried,
+        )
+        retired.unpin()
+        log.log(logging.WARNING if partial else logging.INFO, "%s", line)
 
     # -- the tick -------------------------------------------------------------------------
 
@@ -577,9 +653,13 @@ class Daemon:
     def _account(self, now: float) -> None:
         cfg = self.cfg
         if self._counters is None:
-            self._reopen_counters()
+            self._reopen_counters(now)
         assert self._counters is not None
-        raw = self._counters.read(s.id for s in cfg.all_slices())
+        self._update_ledger(now, self._counters.read(s.id for s in cfg.all_slices()))
+
+    def _update_ledger(self, now: float, raw: Mapping[int, Any]) -> None:
+        """The ledger's update from counters read by slice id."""
+        cfg = self.cfg
         # Most slices share their period: work each distinct one out once per tick.
         known: dict[float | None, tuple[float, float]] = {}
 

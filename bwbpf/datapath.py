@@ -17,6 +17,11 @@ Pins, in ``<bpffs>/bwbpf/<interface>/``:
   its program: the new set is pinned beside the old one, ``prog`` is renamed onto the new
   program, and only then the old set goes, so ``prog`` and the maps it names always
   belong together. (bpffs refuses names with a dot.)
+- ``counters-retired@<map id>``: a counters map of another layout (another bwbpf
+  version's), moved aside by the loader so that bcc makes one of this layout
+  (``_check_pins``). Nothing writes it once the new program is attached; it waits for the
+  daemon, which accounts it as the reading its ledger last saw and then unpins it
+  (``RetiredCounters``, bwbpf/migrate.py).
 """
 
 from __future__ import annotations
@@ -30,13 +35,14 @@ import operator
 import os
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bwbpf import bpfsys, classid, config, htbmsg, layout, limits, matchkinds
+from bwbpf import bpfsys, classid, config, htbmsg, layout, limits, matchkinds, migrate
 from bwbpf.errors import Error, one_line
+from bwbpf.ledger import Reading
 from bwbpf.matchkinds import CgroupLookup, CgroupRef, Flag
 from bwbpf.model import Config, Network
 
@@ -68,6 +74,10 @@ MATCH_MAPS = (
     *(m.name for m in matchkinds.EXEMPT_MAPS),
 )
 _GENERATION_PIN = re.compile(rf"({'|'.join((PROGRAM_PIN, *MATCH_MAPS))})@([0-9]+)")
+# A counters map of another layout, waiting for the daemon to account it; named by its
+# map id. Not a generation pin: ``publish`` must leave it.
+RETIRED_COUNTERS = "counters-retired"
+_RETIRED_PIN = re.compile(rf"{RETIRED_COUNTERS}@([0-9]+)")
 BPF_FS_MAGIC = 0xCAFE4A11  # include/uapi/linux/magic.h
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -221,12 +231,27 @@ def match_tables(
     )
 
 
-def _check_pins(pin_dir: str) -> list[int]:
-    """Refuse pinned maps of another shape (an older bwbpf): bcc would reuse them blindly.
+class PinCheck(NamedTuple):
+    """What ``_check_pins`` did to the pins before a compile."""
+
+    # An older errors map's totals by reason number, for the new map (``_carry_errors``).
+    carried_errors: list[int]
+    # Where a counters map of another layout was moved (``retire_pin``), or None.
+    retired: str | None
+
+
+def _check_pins(pin_dir: str) -> PinCheck:
+    """Make way for this bwbpf's pinned maps: bcc would reuse a pinned map of another
+    shape blindly.
+
     An errors map of fewer or more slots (a bwbpf with other error reasons) is only
     diagnostics: it is unpinned, and its totals by reason number are returned for the new
-    map (``_carry_errors``)."""
+    map. A counters map of another layout that bwbpf can still read (migrate.dclasses_of)
+    is moved aside, counts and all, for the daemon to account: refusing it would keep an
+    upgraded daemon from starting, and removing it would lose what it counted since the
+    last tick. Any other shape is refused."""
     carried: list[int] = []
+    retired = None
     for name, expected in PINNED_MAPS.items():
         path = os.path.join(pin_dir, name)
         if not os.path.exists(path):
@@ -245,14 +270,82 @@ def _check_pins(pin_dir: str) -> list[int]:
                     limits.ERROR_SLOTS,
                 )
                 continue
+            dclasses = migrate.dclasses_of(*found[:3])
+            if found != expected and name == "counters" and dclasses is not None:
+                retired = retire_pin(pin_dir, int(info.id))
+                log.warning(
+                    "%s: another bwbpf's layout (%d slots, %d destination classes); kept as"
+                    " %s until the daemon accounts it",
+                    path,
+                    info.max_entries,
+                    dclasses,
+                    retired,
+                )
+                continue
         finally:
             os.close(fd)
         if found != expected:
             raise Error(
-                f"pinned map {path} has layout {found}, this bwbpf needs {expected};"
-                " `bwbpf down` removes it (and its counts)"
+                f"pinned map {path} has layout {found}, this bwbpf needs {expected} and cannot"
+                " read that one; `bwbpf down` removes it (and its counts)"
             )
-    return carried
+    return PinCheck(carried, retired)
+
+
+def retired_pin(pin_dir: str, map_id: int) -> str:
+    """Where counters map ``map_id`` of another layout waits to be accounted."""
+    return os.path.join(pin_dir, f"{RETIRED_COUNTERS}@{map_id}")
+
+
+def retire_pin(pin_dir: str, map_id: int) -> str:
+    """Move the ``counters`` pin (map ``map_id``) aside, to ``retired_pin``; returns where.
+    A rename: the map is pinned throughout, under one name or the other."""
+    retired = retired_pin(pin_dir, map_id)
+    os.rename(os.path.join(pin_dir, "counters"), retired)
+    return retired
+
+
+def _unretire(pin_dir: str, retired: str | None) -> None:
+    """Undo ``retire_pin`` after a load that failed: the old program stays attached and
+    goes on counting into the old map, which must then be ``counters`` again. A rename
+    over the new map's pin, if bcc made one: that map was never used."""
+    if retired is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(retired, os.path.join(pin_dir, "counters"))
+
+
+def retired_pins(pin_dir: str) -> list[str]:
+    """The counters maps of other layouts waiting in pin_dir, oldest map first."""
+    try:
+        entries = os.listdir(pin_dir)
+    except FileNotFoundError:
+        return []
+    found = [(int(m[1]), e) for e in entries if (m := _RETIRED_PIN.fullmatch(e))]
+    return [os.path.join(pin_dir, e) for _, e in sorted(found)]
+
+
+def counters_layout_changes(pin_dir: str) -> bool:
+    """Whether a load would move the pinned counters aside (``_check_pins``): they have
+    another layout, one bwbpf can read."""
+    found = _pinned_shape(os.path.join(pin_dir, "counters"))
+    return (
+        found is not None
+        and found != PINNED_MAPS["counters"]
+        and migrate.dclasses_of(*found[:3]) is not None
+    )
+
+
+def _pinned_shape(path: str) -> tuple[int, int, int, int] | None:
+    """(type, key size, value size, max entries) of the map pinned at path; None if none."""
+    try:
+        fd = bpfsys.obj_get(path)
+    except FileNotFoundError:
+        return None
+    try:
+        info = bpfsys.map_info(fd)
+    finally:
+        os.close(fd)
+    return (info.type, info.key_size, info.value_size, info.max_entries)
 
 
 def _error_totals(fd: int, slots: int) -> list[int]:
@@ -277,11 +370,17 @@ def compile_program(pin_dir: str, extra_cflags: Iterable[str] = ()) -> Any:
 
     Only the loader process (bwbpf/loader.py) and tests call this: it maps bcc and LLVM
     into the process for good."""
+    return _compile(pin_dir, extra_cflags)[0]
+
+
+def _compile(pin_dir: str, extra_cflags: Iterable[str]) -> tuple[Any, str | None]:
+    """``compile_program``, and where it moved a counters map of another layout (None if
+    it did not): the caller puts that back if it fails to load the program."""
     from bcc import BPF
 
     src = bpf_source_dir()
     os.makedirs(pin_dir, exist_ok=True)
-    carried = _check_pins(pin_dir)
+    check = _check_pins(pin_dir)
     flags = [
         *cflags(),
         f'-DBWBPF_PIN_DIR="{pin_dir}"',
@@ -293,9 +392,10 @@ def compile_program(pin_dir: str, extra_cflags: Iterable[str] = ()) -> Any:
     try:
         bpf = BPF(src_file=str(src / "egress.c"), cflags=flags)
     except Exception as exc:  # bcc raises bare Exception on compile and load failures
+        _unretire(pin_dir, check.retired)
         raise Error(kernel_headers_problem() or f"cannot load bpf/egress.c: {exc}") from None
-    _carry_errors(bpf, carried)
-    return bpf
+    _carry_errors(bpf, check.carried_errors)
+    return bpf, check.retired
 
 
 def populate(bpf: Any, tables: MatchTables) -> None:
@@ -320,17 +420,32 @@ def tables_for(cfg: Config) -> MatchTables:
     return match_tables(cfg, no_l2=not _has_l2(cfg.interface))
 
 
-def build(pin_dir: str, tables: MatchTables, extra_cflags: Iterable[str] = ()) -> tuple[Any, int]:
-    """Compile, fill and load a program in this process: (bcc object, program fd)."""
+def build(
+    pin_dir: str,
+    tables: MatchTables,
+    extra_cflags: Iterable[str] = (),
+    pin: Callable[[Any, int], None] | None = None,
+) -> tuple[Any, int]:
+    """Compile, fill and load a program in this process: (bcc object, program fd).
+    ``pin(bpf, fd)``, when given, pins what the caller needs; if any step fails, a counters
+    map of another layout moved aside for this load is put back."""
     from bcc import BPF
 
-    bpf = compile_program(pin_dir, extra_cflags)
+    bpf, retired = _compile(pin_dir, extra_cflags)
     try:
         populate(bpf, tables)
         fn = bpf.load_func(PROGRAM_NAME, BPF.SCHED_CLS)
     except Exception as exc:  # bcc raises bare Exception when the verifier refuses
         bpf.cleanup()
+        _unretire(pin_dir, retired)
         raise Error(f"cannot load bpf/egress.c: {one_line(exc)}") from None
+    try:
+        if pin is not None:
+            pin(bpf, fn.fd)
+    except BaseException:
+        bpf.cleanup()
+        _unretire(pin_dir, retired)
+        raise
     return bpf, fn.fd
 
 
@@ -713,11 +828,16 @@ def tx_bytes(ifname: str) -> int | None:
 
 
 def remove_pins(pin_dir: str) -> list[str]:
-    """Unpin what bwbpf pinned (maps and program) and remove its directory; returns what
-    was removed. Only bwbpf's own names are touched."""
+    """Unpin what bwbpf pinned (maps and program, and counters maps of other layouts
+    waiting to be accounted) and remove its directory; returns what was removed. Only
+    bwbpf's own names are touched."""
     removed = []
     try:
-        generations = [e for e in os.listdir(pin_dir) if _GENERATION_PIN.fullmatch(e)]
+        generations = [
+            e
+            for e in os.listdir(pin_dir)
+            if _GENERATION_PIN.fullmatch(e) or _RETIRED_PIN.fullmatch(e)
+        ]
     except FileNotFoundError:
         generations = []
     for name in (*PINNED_MAPS, PROGRAM_PIN, *sorted(generations)):
@@ -748,22 +868,32 @@ class Counters:
         self.pin_dir = pin_dir
         self.ncpus = bpfsys.possible_cpus()
         self._error_slots: int | None = None
+        path = os.path.join(pin_dir, "counters")
         try:
-            self._counters = bpfsys.obj_get(os.path.join(pin_dir, "counters"))
+            self._counters = bpfsys.obj_get(path)
             self._errors = bpfsys.obj_get(os.path.join(pin_dir, "errors"))
         except OSError as exc:
             raise Error(
                 f"no bwbpf counters pinned in {pin_dir} ({exc.strerror}); run `bwbpf up` first"
             ) from None
+        info = bpfsys.map_info(self._counters)
+        found = (info.type, info.key_size, info.value_size, info.max_entries)
+        if found != PINNED_MAPS["counters"]:
+            # Read with this bwbpf's sizes, its values would be misread, and a batch read
+            # of larger values would overrun the buffer.
+            self.close()
+            raise Error(
+                f"pinned map {path} has layout {found}, this bwbpf reads"
+                f" {PINNED_MAPS['counters']}: another bwbpf version loaded it; `bwbpf up` or"
+                " the daemon's start replaces it and accounts its counts"
+            )
 
     @property
     def generation(self) -> str:
         """Names these maps: the boot and the kernel's id for the counters map. Another value
         than last time means the counters were recreated (a reboot, `down` then `up`) and
         count from zero, even when they have since passed the old readings."""
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        return f"{boot}/{self.map_id}"
+        return generation(self.map_id)
 
     @property
     def map_id(self) -> int:
@@ -805,25 +935,12 @@ class Counters:
         ids = sorted(set(slice_ids))
         if not ids:
             return {}
-        ndc = len(limits.DCLASSES)
         raw = bpfsys.percpu_array_read(
             self._counters, ids[-1] + 1, ctypes.sizeof(layout.SliceCounters), self.ncpus
         )
-        words = raw.cast("Q")
-        # Slot-major, then CPU, then (bytes, packets) per dclass. Sum each column over the
-        # CPUs with whole-list operations, and build the tuples without NamedTuple.__new__'s
-        # argument parsing: 10,000 slices in ~9 ms rather than ~22 (bench/run.py).
-        per_cpu = 2 * ndc
-        stride = per_cpu * self.ncpus
-        cols = []
-        for field in range(per_cpu):
-            total = words[field::stride].tolist()
-            for cpu in range(1, self.ncpus):
-                total = list(
-                    map(operator.add, total, words[field + per_cpu * cpu :: stride].tolist())
-                )
-            cols.append(total)
-        nb, np_, eb, ep = cols
+        # Build the tuples without NamedTuple.__new__'s argument parsing: 10,000 slices in
+        # ~9 ms rather than ~22 (bench/run.py).
+        nb, np_, eb, ep = percpu_columns(raw.cast("Q"), 2 * len(limits.DCLASSES), self.ncpus)
         make = functools.partial(tuple.__new__, Usage)
         return {s: (make((nb[s], np_[s])), make((eb[s], ep[s]))) for s in ids}
 
@@ -840,3 +957,106 @@ class Counters:
             elif total:
                 out[f"reason_{number}"] = total
         return out
+
+
+def generation(map_id: int) -> str:
+    """The name the ledger keeps of the counters map it reads (``Counters.generation``):
+    this boot and the map's kernel id, which no other map gets until the next boot."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    return f"{boot}/{map_id}"
+
+
+def percpu_columns(words: Sequence[int], fields: int, ncpus: int) -> list[list[int]]:
+    """Per-CPU array values of ``fields`` u64 words each, as a batch read returns them
+    (slot-major, then CPU), summed over the CPUs: one list per field, indexed by slot. Sums
+    each column with whole-list operations (tens of thousands of slots a tick)."""
+    stride = fields * ncpus
+
+    def column(start: int) -> list[int]:
+        part = words[start::stride]
+        # A memoryview's tolist() is several times faster than iterating it.
+        return part.tolist() if isinstance(part, memoryview) else list(part)
+
+    cols = []
+    for field in range(fields):
+        total = column(field)
+        for cpu in range(1, ncpus):
+            total = list(map(operator.add, total, column(field + fields * cpu)))
+        cols.append(total)
+    return cols
+
+
+class RetiredCounters:
+    """A counters map of another layout that the loader moved aside (``retire_pin``),
+    opened from its pin: read with its own slots and destination classes, then unpinned
+    once the daemon accounted it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = _open_pin(path)
+        info = bpfsys.map_info(self.fd)
+        dclasses = migrate.dclasses_of(info.type, info.key_size, info.value_size)
+        if dclasses is None:
+            os.close(self.fd)
+            raise Error(
+                f"pinned map {path} has layout"
+                f" {(info.type, info.key_size, info.value_size, info.max_entries)}, which"
+                " bwbpf cannot read; `bwbpf down` removes it (and its counts)"
+            )
+        self.dclasses = dclasses
+        self.slots = int(info.max_entries)
+        self.map_id = int(info.id)
+
+    @property
+    def generation(self) -> str:
+        """What ``Counters.generation`` was while this map was the pinned ``counters``."""
+        return generation(self.map_id)
+
+    def read(self) -> list[tuple[Reading, ...]]:
+        """Every slot's (bytes, packets) per destination class of this map, summed over
+        the CPUs."""
+        ncpus = bpfsys.possible_cpus()
+        raw = bpfsys.percpu_array_read(
+            self.fd, self.slots, self.dclasses * migrate.PAIR_BYTES, ncpus
+        )
+        cols = percpu_columns(raw.cast("Q"), 2 * self.dclasses, ncpus)
+        pairs = [list(zip(cols[2 * d], cols[2 * d + 1], strict=True)) for d in range(self.dclasses)]
+        return list(zip(*pairs, strict=True))
+
+    def in_use(self, ifname: str) -> bool:
+        """Whether the classifier attached to ifname still counts into this map (the load
+        that replaced the map's program was not attached)."""
+        owner = attached_owner(ifname)
+        if owner is None or owner.prog_id is None:
+            return False
+        try:
+            fd = bpfsys.prog_get_fd_by_id(owner.prog_id)
+        except FileNotFoundError:
+            return False  # replaced since
+        try:
+            return self.map_id in bpfsys.prog_map_ids(fd)
+        finally:
+            os.close(fd)
+
+    def also_current(self, pin_dir: str) -> bool:
+        """Whether this map is the pinned ``counters`` too: pinned again under its old name
+        (by a daemon that held it and saw its pin gone), so nothing was retired."""
+        return _pinned_id(os.path.join(pin_dir, "counters"), _map_id) == self.map_id
+
+    def unpin(self) -> None:
+        """Remove the pin (the map goes once nothing holds it). A pin that names another
+        map by now is left alone."""
+        if _pinned_id(self.path, _map_id) == self.map_id:
+            os.unlink(self.path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> RetiredCounters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

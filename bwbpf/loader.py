@@ -6,7 +6,8 @@ needs: the pin directory and the match tables the caller computed from the confi
 checked (the loader never reads the config file: it may have changed since). The loader
 compiles bpf/egress.c with bcc, fills the maps, loads the program, pins the program and
 its match maps as ``<name>@<program id>`` (datapath.generation_pin; bcc pins the counters
-itself), prints ``{"prog_id": N}`` and exits. The caller opens those pins
+itself, after a counters map of another bwbpf layout was moved aside for the daemon to
+account: datapath._check_pins), prints ``{"prog_id": N}`` and exits. The caller opens those pins
 (datapath.Program.open). A failure comes back as ``{"error": "one line"}`` and exit 1; a
 loader that hangs is killed after ``timeout_s``.
 """
@@ -154,18 +155,22 @@ def _compiler_error(stderr: str) -> str | None:
 
 def load_and_pin(pin_dir: str, tables: datapath.MatchTables, cflags: Iterable[str] = ()) -> int:
     """Compile, fill, load and pin (maps first, the program last); the program's id."""
-    bpf, fd = datapath.build(pin_dir, tables, cflags)
-    prog_id = int(bpfsys.prog_info(fd).id)
+
+    def pin(bpf: Any, fd: int) -> None:
+        prog_id = int(bpfsys.prog_info(fd).id)
+        try:
+            for name in datapath.MATCH_MAPS:
+                bpfsys.obj_pin(bpf[name].map_fd, datapath.generation_pin(pin_dir, name, prog_id))
+            bpfsys.obj_pin(fd, datapath.generation_pin(pin_dir, datapath.PROGRAM_PIN, prog_id))
+        except OSError as exc:
+            datapath.remove_generation(pin_dir, prog_id)
+            raise Error(f"cannot pin the classifier's maps in {pin_dir}: {exc.strerror}") from None
+
+    bpf, fd = datapath.build(pin_dir, tables, cflags, pin=pin)
     try:
-        for name in datapath.MATCH_MAPS:
-            bpfsys.obj_pin(bpf[name].map_fd, datapath.generation_pin(pin_dir, name, prog_id))
-        bpfsys.obj_pin(fd, datapath.generation_pin(pin_dir, datapath.PROGRAM_PIN, prog_id))
-    except OSError as exc:
-        datapath.remove_generation(pin_dir, prog_id)
-        raise Error(f"cannot pin the classifier's maps in {pin_dir}: {exc.strerror}") from None
+        return int(bpfsys.prog_info(fd).id)
     finally:
         bpf.cleanup()
-    return prog_id
 
 
 def main() -> int:

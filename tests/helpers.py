@@ -1,11 +1,13 @@
 """Helpers every test tier uses: waiting for a condition, reading a JSON file that may be
-half written or absent, stopping a process the test started (by its pid), and a free
-loopback port. One copy, imported from here."""
+half written or absent, stopping a process the test started (by its pid), a free
+loopback port, what map is pinned at a path, and a map pinned as another bwbpf version
+would have left it. One copy, imported from here."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bwbpf import bpfsys
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -58,3 +62,44 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _pinned_info(path: str) -> bpfsys.MapInfo:
+    fd = bpfsys.obj_get(path)
+    try:
+        return bpfsys.map_info(fd)
+    finally:
+        os.close(fd)
+
+
+def pinned_id(path: str) -> int:
+    """The kernel id of the map pinned at path."""
+    return int(_pinned_info(path).id)
+
+
+def pinned_shape(path: str) -> tuple[int, int, int, int]:
+    """(type, key size, value size, max entries) of the map pinned at path, as
+    ``datapath.PINNED_MAPS`` gives them."""
+    info = _pinned_info(path)
+    return (info.type, info.key_size, info.value_size, info.max_entries)
+
+
+def pin_old_map(
+    path: str,
+    entries: int,
+    value: str = "u64",
+    kind: str = "percpu_array",
+    key: str = "u32",
+    types: str = "",
+) -> None:
+    """A pinned map (a per-CPU array of ``entries`` slots unless ``kind`` says otherwise),
+    as another bwbpf would have left it; ``types`` declares what ``value`` names."""
+    from bcc import BPF
+
+    # bpffs names have no dot: the C name is the pin's, with '-' and '@' made '_'.
+    name = re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(path))
+    old = BPF(
+        text=f'{types}BPF_TABLE_PINNED("{kind}", {key}, {value}, {name}, {entries}, "{path}");'
+        "int f(struct __sk_buff *skb) { return 0; }"
+    )
+    old.cleanup()

@@ -14,6 +14,7 @@ from bwbpf import bpfsys, config, datapath, layout, limits, matchkinds
 from bwbpf.errors import Error
 from bwbpf.matchkinds import Flag
 from tests.conftest import unique
+from tests.helpers import pin_old_map
 
 HEADER = (datapath.bpf_source_dir() / "bwbpf.h").read_text()
 
@@ -84,18 +85,6 @@ def test_structs_match_what_bcc_builds() -> None:
         shutil.rmtree(bpffs, ignore_errors=True)
 
 
-def _pin_old_map(path: str, entries: int, value: str = "u64") -> None:
-    """A pinned per-CPU array of ``entries`` slots, as an older bwbpf would have left it."""
-    from bcc import BPF
-
-    name = os.path.basename(path)
-    old = BPF(
-        text=f'BPF_TABLE_PINNED("percpu_array", u32, {value}, {name}, {entries}, "{path}");'
-        "int f(struct __sk_buff *skb) { return 0; }"
-    )
-    old.cleanup()
-
-
 @pytest.mark.root
 def test_an_errors_map_of_other_slots_is_replaced_with_its_counts(
     caplog: pytest.LogCaptureFixture,
@@ -105,7 +94,7 @@ def test_an_errors_map_of_other_slots_is_replaced_with_its_counts(
     os.makedirs(cfg.pin_dir)
     path = os.path.join(cfg.pin_dir, "errors")
     try:
-        _pin_old_map(path, 3)
+        pin_old_map(path, 3)
         fd = bpfsys.obj_get(path)
         ncpus = bpfsys.possible_cpus()
         for reason, per_cpu in enumerate([(5, 1), (0, 0), (7, 2)]):
@@ -132,7 +121,7 @@ def test_a_counters_map_of_another_layout_is_refused() -> None:
     cfg = config.parse(f'[node]\ninterface = "lo"\nbpffs = "{bpffs}"\n')
     os.makedirs(cfg.pin_dir)
     try:
-        _pin_old_map(os.path.join(cfg.pin_dir, "counters"), 100)
+        pin_old_map(os.path.join(cfg.pin_dir, "counters"), 100)
         with pytest.raises(Error, match=r"counters has layout .* `bwbpf down` removes it"):
             datapath.compile_program(cfg.pin_dir)
         assert os.path.exists(os.path.join(cfg.pin_dir, "counters"))  # its counts kept

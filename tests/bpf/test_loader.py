@@ -20,6 +20,7 @@ from bwbpf.errors import Error
 from bwbpf.matchkinds import Flag
 from tests.bpf.test_classifier import ctx, eth, ipv4
 from tests.conftest import unique
+from tests.helpers import pinned_id
 
 pytestmark = pytest.mark.root
 
@@ -122,21 +123,13 @@ def test_set_cgroups_updates_the_pinned_maps(bpffs: str) -> None:
         program.close()
 
 
-def _map_id(path: str) -> int:
-    fd = bpfsys.obj_get(path)
-    try:
-        return int(bpfsys.map_info(fd).id)
-    finally:
-        os.close(fd)
-
-
 def test_replace_swaps_the_pins_without_a_gap_or_a_mix(bpffs: str) -> None:
     """While a second program replaces the first, a reader polling the pins always finds
     ``prog``, and the maps pinned for the id it names are that program's own."""
     cfg = _config(bpffs)
     first = datapath.Program.load(cfg)
     first.publish(cfg.pin_dir)
-    counters_id = _map_id(os.path.join(cfg.pin_dir, "counters"))
+    counters_id = pinned_id(os.path.join(cfg.pin_dir, "counters"))
     other = _config(bpffs, '[[slice]]\nname = "b"\nid = 22\nmatch = { mark = 78 }\n')
     seen: list[str] = []
     stop = threading.Event()
@@ -155,7 +148,7 @@ def test_replace_swaps_the_pins_without_a_gap_or_a_mix(bpffs: str) -> None:
                 os.close(fd)
             path = datapath.generation_pin(cfg.pin_dir, "settings", prog_id)
             try:
-                if _map_id(path) not in own:
+                if pinned_id(path) not in own:
                     seen.append(f"{path} is not program {prog_id}'s")
             except FileNotFoundError:
                 # Only once another program has taken its place.
@@ -179,7 +172,7 @@ def test_replace_swaps_the_pins_without_a_gap_or_a_mix(bpffs: str) -> None:
     assert seen == []
     last = programs[-1].id
     assert set(os.listdir(cfg.pin_dir)) == {"counters", "errors", "prog", *_generation(last)}
-    assert _map_id(os.path.join(cfg.pin_dir, "counters")) == counters_id
+    assert pinned_id(os.path.join(cfg.pin_dir, "counters")) == counters_id
 
 
 def test_repin_restores_every_pin_it_holds(bpffs: str) -> None:
@@ -188,7 +181,7 @@ def test_repin_restores_every_pin_it_holds(bpffs: str) -> None:
     try:
         program.publish(cfg.pin_dir)
         before = {
-            name: _map_id(datapath.generation_pin(cfg.pin_dir, name, program.id))
+            name: pinned_id(datapath.generation_pin(cfg.pin_dir, name, program.id))
             for name in datapath.MATCH_MAPS
         }
         assert program.repin(cfg.pin_dir) == []
@@ -197,7 +190,7 @@ def test_repin_restores_every_pin_it_holds(bpffs: str) -> None:
         restored = program.repin(cfg.pin_dir)
         assert {os.path.basename(p) for p in restored} == {"prog", *_generation(program.id)}
         after = {
-            name: _map_id(datapath.generation_pin(cfg.pin_dir, name, program.id))
+            name: pinned_id(datapath.generation_pin(cfg.pin_dir, name, program.id))
             for name in datapath.MATCH_MAPS
         }
         assert after == before

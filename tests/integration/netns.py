@@ -175,11 +175,14 @@ class Topology:
                     "permanent",
                 )
 
-    def background(self, cmd: list[str], log: Path | None = None) -> subprocess.Popen[bytes]:
-        """A process in the source namespace (stdout and stderr to log); teardown stops it
-        by its pid if it is still running."""
+    def background(
+        self, cmd: list[str], log: Path | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A process in the source namespace (stdout and stderr to log), started in ``cwd``
+        (REPO: so that ``python -m tests...`` works); teardown stops it by its pid if it
+        is still running."""
         out = log.open("wb") if log else subprocess.DEVNULL
-        proc = subprocess.Popen(self.in_src(*cmd), stdout=out, stderr=out)
+        proc = subprocess.Popen(self.in_src(*cmd), stdout=out, stderr=out, cwd=cwd)
         self.processes.append(proc)
         return proc
 
