@@ -32,7 +32,7 @@ from bench import procfs
 from bench.configs import daemon_config, slice_name
 from bench.daemonproc import BWBPF, POLL_S, DaemonFailed, DaemonProcess, Processes, TickSeen
 from bench.results import Result
-from bench.topology import DST_IP, Namespaces, namespaces
+from bench.topology import DST_IP, PREFIX, Namespaces, namespaces
 from bwbpf import config, datapath
 
 TICK = "1s"
@@ -292,6 +292,19 @@ def reload_storm(d: DaemonProcess, cfg: Path, texts: Sequence[str], count: int) 
 def bench_daemon(slices: int, ticks: int, stat_runs: int, results: list[Result]) -> None:
     """Every figure of this module, appended to ``results`` as they come (a failure keeps
     those measured before it); whatever was made is removed on the way out."""
+    with setup(slices) as s:
+        bare_mb = bare_python_rss()
+        rss, alone = _one_slice(s, bare_mb)
+        results.append(rss)
+        results += _some_sending(s, ticks, stat_runs, alone)
+        results += _all_capped(s, ticks, bare_mb, alone)
+
+
+@contextlib.contextmanager
+def setup(slices: int, prefix: str = PREFIX) -> Iterator[Setup]:
+    """A temporary directory, a bpffs directory and the namespaces (named from ``prefix``)
+    for daemons of ``slices`` slices; all of it, and every process started through the
+    Setup, removed on the way out."""
     if not os.access(BWBPF, os.X_OK):
         raise RuntimeError(f"no bwbpf executable at {BWBPF} (make venv installs it)")
     # As installed (pip compiles the modules): `bwbpf stat` is timed without compiling its
@@ -303,17 +316,12 @@ def bench_daemon(slices: int, ticks: int, stat_runs: int, results: list[Result])
         bpffs = f"/sys/fs/bpf/bwbpfbench-{uuid.uuid4().hex[:8]}"
         os.mkdir(bpffs)
         stack.callback(shutil.rmtree, bpffs, ignore_errors=True)
-        ns = stack.enter_context(namespaces())
+        ns = stack.enter_context(namespaces(prefix))
         # stat's cache of validated configs goes with the rest, not into /run.
         stack.enter_context(_environ("BWBPF_CACHE_DIR", str(tmp / "config-cache")))
         processes = Processes()
         stack.callback(processes.stop_all)  # first out: nothing runs when the rest goes
-        s = Setup(ns, processes, tmp, bpffs, slices)
-        bare_mb = bare_python_rss()
-        rss, alone = _one_slice(s, bare_mb)
-        results.append(rss)
-        results += _some_sending(s, ticks, stat_runs, alone)
-        results += _all_capped(s, ticks, bare_mb, alone)
+        yield Setup(ns, processes, tmp, bpffs, slices)
 
 
 @contextlib.contextmanager

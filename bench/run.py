@@ -18,6 +18,9 @@ daemon    a real ``bwbpf run`` at 10,000 slices in a network namespace: CPU and 
 page      the node page of such a daemon: ``/`` and ``/api/status.json`` against the stat
           socket's answer, ``/api/history.json`` against every slice's history, the page's
           first render in headless Chromium (when installed), the daemon's memory
+soak      an hour (--minutes) of such a daemon with history on, 1 % sending and a SIGHUP
+          every ~70 s: its memory, fds and ticks a minute, the history database's size;
+          not in the default set, run it with --only soak
 
 No figure is asserted anywhere: the results are written as JSON and summarised on stdout
 (targets say met or MISSED). Everything created (bpffs directories, cgroups, veth pairs,
@@ -48,7 +51,9 @@ if __package__ in (None, ""):
 
 from bench.results import Result, machine, summary
 
-PARTS = ("datapath", "counters", "netlink", "tick", "daemon", "page")
+PARTS = ("datapath", "counters", "netlink", "tick", "daemon", "page", "soak")
+# An hour long: run only when asked for (--only soak).
+DEFAULT_PARTS = tuple(p for p in PARTS if p != "soak")
 T = TypeVar("T")
 
 
@@ -62,11 +67,11 @@ def _parts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[st
     unknown = sorted(set(chosen) - set(PARTS))
     if unknown:
         parser.error(f"--only: no part {', '.join(unknown)}; the parts: {', '.join(PARTS)}")
-    parts = [p for p in PARTS if p in chosen] if chosen else list(PARTS)
+    parts = [p for p in PARTS if p in chosen] if chosen else list(DEFAULT_PARTS)
     if args.no_netlink and "netlink" in parts:
         parts.remove("netlink")
     if not args.daemon_slices:
-        parts = [p for p in parts if p not in ("tick", "daemon", "page")]
+        parts = [p for p in parts if p not in ("tick", "daemon", "page", "soak")]
     return parts
 
 
@@ -145,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--ticks", type=int, default=20, help="daemon ticks measured per case")
     parser.add_argument("--stat-runs", type=int, default=5, help="runs of each bwbpf stat")
+    parser.add_argument("--minutes", type=float, default=60, help="how long the soak runs")
     args = parser.parse_args(argv)
     parts = _parts(parser, args)
 
@@ -196,6 +202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         shown: list[Result] = []
         attempt("page", lambda: bench_page(args.daemon_slices, shown))
         results += shown
+
+    if "soak" in parts:
+        from bench.soak import bench_soak
+
+        os.sched_setaffinity(0, every_cpu)
+        soaked: list[Result] = []
+        attempt("soak", lambda: bench_soak(args.daemon_slices, args.minutes, soaked))
+        results += soaked
 
     # Other work on the machine shifts every figure; the ratios less so.
     load = {"start": load_at_start, "end": os.getloadavg()}

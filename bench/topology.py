@@ -1,7 +1,7 @@
 """The devices the benchmarks run on: a veth pair in this namespace, or two network
 namespaces joined by a veth pair for a real daemon and its traffic. Every name starts with
-"bwbn" and a random suffix, and everything made is removed on the way out, also after a
-failure."""
+"bwbn" (or the prefix a part asks for) and a random suffix, and everything made is removed
+on the way out, also after a failure."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ SRC_IP = "10.99.0.1"
 DST_IP = "10.99.0.2"
 
 
-def unique() -> str:
+def unique(prefix: str = PREFIX) -> str:
     """A name no other run uses: interface names have 15 bytes, so a short suffix."""
-    return f"{PREFIX}{uuid.uuid4().hex[:6]}"
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
 
 
 @contextlib.contextmanager
@@ -64,10 +64,11 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def namespaces() -> Iterator[Namespaces]:
+def namespaces(prefix: str = PREFIX) -> Iterator[Namespaces]:
     """Two namespaces and the veth pair between them, removed (with everything in them)
-    whatever happens inside the block."""
-    tag = unique()
+    whatever happens inside the block. ``prefix`` (4 characters) starts their names: a run
+    that goes on for an hour next to others can be told apart by it."""
+    tag = unique(prefix)
     ns = Namespaces(src=f"{tag}s", dst=f"{tag}d", dev=f"{tag}a", peer=f"{tag}b")
     made: list[str] = []
     try:

@@ -176,6 +176,39 @@ def test_store_adds_to_every_resolution_and_reopens(tmp_path: Path) -> None:
     store.close()
 
 
+class _SqlSeen:
+    """A connection that remembers the text of each statement it was asked to run."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.texts: set[str] = set()
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        self.texts.add(sql)
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_new_slice_ids_are_looked_up_by_one_statement_whatever_their_number(
+    tmp_path: Path,
+) -> None:
+    # sqlite3 caches a prepared statement per text: one per number of new names grew it.
+    store, _ = Store.open(str(tmp_path / "h.sqlite"), "eth0")
+    seen = _SqlSeen(store._conn)
+    store._conn = seen  # type: ignore[assignment]
+    keep = (48, 4, 62, 25, -1)
+    names = [f"s{i}" for i in range(1, 509)]
+    first = 0
+    for n in (1, 2, 5, 500):
+        batch = names[first : first + n]
+        first += n
+        store.write([history.Added(x, 0, T0, 7, 1) for x in batch], [], UTC, keep)
+    assert len([t for t in seen.texts if t.startswith("SELECT name, id")]) == 1
+    assert sorted(u.name for u in store.usage(DAY, 0, 2**40)) == sorted(names)
+
+
 def test_a_write_that_fails_writes_nothing_and_the_next_one_is_whole(tmp_path: Path) -> None:
     store, _ = Store.open(str(tmp_path / "h.sqlite"), "eth0")
     keep = (48, 4, 62, 25, -1)
