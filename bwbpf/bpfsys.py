@@ -117,6 +117,11 @@ class MapInfo(ctypes.Structure):
         ("name", ctypes.c_char * 16),
     ]
 
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(type, key size, value size, max entries): what a pinned map must agree on."""
+        return (self.type, self.key_size, self.value_size, self.max_entries)
+
 
 class ProgInfo(ctypes.Structure):
     """The head of struct bpf_prog_info: its type, id and tag, and the ids of the maps it

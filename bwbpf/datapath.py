@@ -259,7 +259,7 @@ def _check_pins(pin_dir: str) -> PinCheck:
         fd = bpfsys.obj_get(path)
         try:
             info = bpfsys.map_info(fd)
-            found = (info.type, info.key_size, info.value_size, info.max_entries)
+            found = info.shape
             if found != expected and name == "errors" and found[:3] == expected[:3]:
                 carried = _error_totals(fd, info.max_entries)
                 os.unlink(path)
@@ -345,7 +345,7 @@ def _pinned_shape(path: str) -> tuple[int, int, int, int] | None:
         info = bpfsys.map_info(fd)
     finally:
         os.close(fd)
-    return (info.type, info.key_size, info.value_size, info.max_entries)
+    return info.shape
 
 
 def _error_totals(fd: int, slots: int) -> list[int]:
@@ -877,7 +877,7 @@ class Counters:
                 f"no bwbpf counters pinned in {pin_dir} ({exc.strerror}); run `bwbpf up` first"
             ) from None
         info = bpfsys.map_info(self._counters)
-        found = (info.type, info.key_size, info.value_size, info.max_entries)
+        found = info.shape
         if found != PINNED_MAPS["counters"]:
             # Read with this bwbpf's sizes, its values would be misread, and a batch read
             # of larger values would overrun the buffer.
@@ -1001,7 +1001,7 @@ class RetiredCounters:
             os.close(self.fd)
             raise Error(
                 f"pinned map {path} has layout"
-                f" {(info.type, info.key_size, info.value_size, info.max_entries)}, which"
+                f" {info.shape}, which"
                 " bwbpf cannot read; `bwbpf down` removes it (and its counts)"
             )
         self.dclasses = dclasses

@@ -49,7 +49,7 @@ from itertools import islice
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from bwbpf import history
+from bwbpf import files, history
 from bwbpf.errors import Error
 from bwbpf.historyview import PERIODS, resolution
 from bwbpf.units import format_bytes, format_duration
@@ -119,7 +119,7 @@ def check_target(path: str) -> None:
     if kind == "stream":
         return  # written into as it is (a pipe, /dev/stdout), never replaced
     if kind is not None:
-        raise Error(f"{path}: is a {kind}, not a file a picture can be written to")
+        raise Error(f"{path}: is {kind}, not a file a picture can be written to")
     target = os.path.realpath(path)
     if os.path.isdir(target):
         raise Error(f"{path}: is a directory")
@@ -189,8 +189,8 @@ def _matplotlib() -> Any:
 
 def _special(path: str) -> str | None:
     """None for a regular file or none at all; "stream" for a character device or a FIFO
-    (written into, as ``> /dev/stdout`` would); else what it is (refused: a rename over a
-    socket or a block device would replace the node itself)."""
+    (written into, as ``> /dev/stdout`` would); else what it is, ``files.kind`` (refused: a
+    rename over a socket or a block device would replace the node itself)."""
     try:
         # Followed as the kernel would (/dev/stdout is a link to /proc/self/fd/1, whose
         # "target" a pipe's realpath cannot name).
@@ -201,9 +201,7 @@ def _special(path: str) -> str | None:
         return None  # a directory is check_target's to refuse
     if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
         return "stream"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "block device" if stat.S_ISBLK(mode) else "special file"
+    return files.kind(mode)
 
 
 def _write(path: str, data: bytes) -> None:

@@ -80,8 +80,7 @@ def pinned_id(path: str) -> int:
 def pinned_shape(path: str) -> tuple[int, int, int, int]:
     """(type, key size, value size, max entries) of the map pinned at path, as
     ``datapath.PINNED_MAPS`` gives them."""
-    info = _pinned_info(path)
-    return (info.type, info.key_size, info.value_size, info.max_entries)
+    return _pinned_info(path).shape
 
 
 def pin_old_map(
