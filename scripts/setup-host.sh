@@ -6,8 +6,9 @@ set -eu
 # prometheus: promtool checks the metrics and alert rules, and a real Prometheus raises them
 # in a test (python3-yaml reads the shipped scrape config there); shellcheck and vagrant check
 # tests/systemd/check_service.sh and vagrant/Vagrantfile (`vagrant validate`); faketime moves
-# the daemon's wall clock alone in the clock-jump fault tests.
-PACKAGES="python3-bpfcc python3-yaml python3-venv bpftool iproute2 iperf3 kmod prometheus shellcheck vagrant faketime"
+# the daemon's wall clock alone in the clock-jump fault tests; strace holds one syscall of
+# the daemon (a delay injected at it) in the upgrade test of a kill mid-migration.
+PACKAGES="python3-bpfcc python3-yaml python3-venv bpftool iproute2 iperf3 kmod prometheus shellcheck vagrant faketime strace"
 # For the host only, not the VM image: vm/lib.sh copies the PACKAGES line above alone into
 # the image, and the offline guest's `make host` cannot fetch these, so failing to install
 # them is a warning (the tests that need them skip, naming what is missing). matplotlib

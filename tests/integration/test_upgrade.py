@@ -153,6 +153,8 @@ def daemon_of(tracer: subprocess.Popen[bytes]) -> int:
     path = f"/proc/{tracer.pid}/task/{tracer.pid}/children"
 
     def child() -> int | None:
+        if tracer.poll() is not None:  # (e.g. no strace): fail now, not at the timeout
+            raise AssertionError(f"strace ended with {tracer.returncode} before its child")
         with open(path) as f:
             pids = f.read().split()
         return int(pids[0]) if pids else None
