@@ -365,7 +365,7 @@ class Daemon:
         clock: AccountingClock | None = None,
         take_over: bool = False,
         counters: Callable[[str], datapath.Counters] = datapath.Counters,
-        mailer: Callable[[EmailMessage, Notify], None] = notify.send,
+        mailer: Callable[[EmailMessage, Notify], None] = notify.send_from_child,
         shaper: Callable[[str], Shaper] = Shaper,
         class_work: Callable[..., classwork.ClassWork] = classwork.ClassWork,
         node_up: Callable[..., node.UpReport] = node.up,

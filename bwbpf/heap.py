@@ -3,6 +3,7 @@ memory given back to the kernel after a tick's large, short-lived allocations.""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -63,6 +64,7 @@ def isolated(make: Callable[[], T], what: str = "the child process") -> T:
         status = 1
         try:
             os.close(r)
+            _default_signals()
             try:
                 data = pickle.dumps((True, make()), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
@@ -86,6 +88,15 @@ def isolated(make: Callable[[], T], what: str = "the child process") -> T:
         raise value
     result: T = value
     return result
+
+
+def _default_signals() -> None:
+    """In the child: a stop or reload signal ends it rather than run the daemon's handler,
+    which would only wake the daemon's loop and leave the child running."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # ValueError: not the main thread, where nothing of the daemon's is installed.
+        with contextlib.suppress(ValueError):
+            signal.signal(signum, signal.SIG_DFL)
 
 
 def _pickled_failure(exc: Exception) -> bytes:

@@ -12,8 +12,6 @@ next tick, marking the slice notified only after a send that worked.
 from __future__ import annotations
 
 import re
-import smtplib
-import ssl
 import subprocess
 import time
 from collections.abc import Sequence
@@ -21,6 +19,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
 
+from bwbpf import heap, openssl
 from bwbpf.errors import Error
 from bwbpf.limits import DCLASSES, DEFAULT_SLICE_NAME
 from bwbpf.model import SLICE_NAME, Notify
@@ -143,7 +142,18 @@ def send(message: EmailMessage, notify: Notify, timeout: float = SEND_TIMEOUT_S)
         raise Error("notify: neither an SMTP server nor sendmail is configured")
 
 
+def send_from_child(message: EmailMessage, notify: Notify, timeout: float = SEND_TIMEOUT_S) -> None:
+    """``send`` in a forked child (the daemon's mailer): the SMTP client and OpenSSL it
+    imports, 4 MB resident, never enter the daemon, which sends a few mails a day."""
+    heap.isolated(lambda: send(message, notify, timeout), what="the process sending the mail")
+
+
 def _send_smtp(message: EmailMessage, notify: Notify, timeout: float) -> None:
+    # Here, not at the top: only this needs them (see bwbpf/openssl.py).
+    openssl.let_in()
+    import smtplib
+    import ssl
+
     where = f"{notify.smtp_host}:{notify.smtp_port}"
     try:
         with smtplib.SMTP(notify.smtp_host or "", notify.smtp_port, timeout=timeout) as smtp:

@@ -18,6 +18,9 @@ from typing import Any
 
 from bwbpf import bpfsys
 
+# The repository's root: where `python -m tests...` and `python -c` with bwbpf work from.
+REPO = Path(__file__).resolve().parents[1]
+
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
     """``check()``'s first true result; AssertionError naming ``what`` after ``timeout``."""

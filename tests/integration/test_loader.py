@@ -1,6 +1,7 @@
 """A real `bwbpf run` keeps no compiler: bcc and LLVM live only in the loader process, so
-the daemon maps neither after its start nor after a reload that changes the slices, its
-pins name one program's maps at a time, and its traffic is still counted exactly."""
+the daemon maps neither (nor OpenSSL) after its start nor after a reload that changes the
+slices, its pins name one program's maps at a time, and its traffic is still counted
+exactly."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ pytestmark = [pytest.mark.root, pytest.mark.integration]
 
 # Ethernet 14 + IPv4 20 + UDP 8 around every datagram.
 UDP4_OVERHEAD = 42
-COMPILER_LIBS = ("libbcc", "libLLVM", "libclang")
+# bcc and LLVM belong to the loader process; OpenSSL to nobody (only a mail's child loads it).
+COMPILER_LIBS = ("libbcc", "libLLVM", "libclang", "libcrypto")
 # What the daemon may take with a few slices, bcc and LLVM (~140 MB) out of it.
 RSS_LIMIT_KIB = 64 * 1024
 

@@ -127,3 +127,22 @@ def test_isolated_child_that_dies_is_one_error() -> None:
 
     with pytest.raises(Error, match=r"^the child process ended with exit status 1$"):
         heap.isolated(leave)
+
+
+def test_isolated_child_ends_on_a_stop_signal_the_parent_handles() -> None:
+    """The daemon's handlers only note a signal and wake its loop: a child that kept them
+    would run on after a SIGTERM meant for it (a stop while a mail is being sent)."""
+    noted: list[int] = []
+    old = signal.signal(signal.SIGTERM, lambda signum, _frame: noted.append(signum))
+    try:
+
+        def stopped() -> str:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return "ran on"
+
+        with pytest.raises(Error, match=r"^the mail ended with signal SIGTERM$"):
+            heap.isolated(stopped, "the mail")
+        assert noted == []  # the parent's handler did not run for the child's signal
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the parent's is kept
+    finally:
+        signal.signal(signal.SIGTERM, old)
