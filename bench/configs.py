@@ -39,17 +39,19 @@ def daemon_config(
     quota: str = ROOMY_QUOTA,
     quotas: dict[int, str] | None = None,
     listen: str = "",
+    history: str = "",
 ) -> str:
     """Slices 1..``slices`` matched by mark = id, each with ``quota`` (``quotas`` overrides
     it for some ids); state, status and the metrics textfile under ``tmp``, the metrics
     (and node page) server on ``listen`` (none by default). ``tick`` as the config spells
-    it; None keeps the default."""
+    it; None keeps the default. ``history``: the lines of a ``[history]`` section (none: its
+    defaults)."""
     head = (
         f'[node]\ninterface = "{ifname}"\nbpffs = "{bpffs}"\nstate_dir = "{tmp}/state"\n'
         'line_rate = "10gbit"\nnode_cap = "10gbit"\n'
         + (f'tick = "{tick}"\n' if tick else "")
         + f'[metrics]\nlisten = "{listen}"\ntextfile = "{tmp}/bwbpf.prom"\n'
-        '[quota]\nperiod = "1d"\n'
+        '[quota]\nperiod = "1d"\n' + (f"[history]\n{history}\n" if history else "")
     )
     quotas = quotas or {}
     return head + "".join(

@@ -1,6 +1,7 @@
 """A real ``bwbpf run`` at 10,000 slices, measured from outside the process: CPU time and
 bytes written per tick (/proc/PID/stat and io) with 1 % of the slices sending and with every
-slice sending and capped, resident memory, ``bwbpf stat``'s wall time, and a SIGHUP reload.
+slice sending and capped, resident memory, ``bwbpf stat``'s wall time, a SIGHUP reload, and
+what the usage history costs (a write every tick, and its defaults, against history off).
 
 The daemon runs in a network namespace of its own (tick 1 s, slices matched by mark, see
 bench/configs.py) with a veth pair to a second one; bench/sender.py sends the datagrams.
@@ -62,6 +63,10 @@ LARGE_ADD = 2_500
 START_TIMEOUT_S = 900.0
 RELOAD_TIMEOUT_S = 300.0
 # Targets for the scale work.
+# [history] lines of the history-cost windows: a write at every tick (the most the config
+# allows), and none.
+HISTORY_EVERY_TICK = 'write_interval = "1s"'
+HISTORY_OFF = "enabled = false"
 CPU_RATIO_MAX = 6.0
 CPU_SENDING_MAX_MS = 50.0
 CPU_CAPPED_MAX_MS = 250.0
@@ -395,6 +400,42 @@ def _write_results(
     ]
 
 
+def _history_costs(
+    s: Setup, d: DaemonProcess, cfg: Path, ticks: int, window: Window, label: str, **kwargs: Any
+) -> list[Result]:
+    """The daemon's CPU per tick with the history written at every tick, and with it at its
+    defaults (``window``, measured before), against the same daemon with history off: each a
+    reload of the same config (``kwargs`` of ``Setup.config_text``) with another
+    ``[history]``. The config is as before on the way out."""
+    say(f"history costs, {label}: a write every tick, then none")
+    reload(d, cfg, s.config_text(s.slices, tick=TICK, history=HISTORY_EVERY_TICK, **kwargs))
+    every = measure_ticks(d, ticks)
+    reload(d, cfg, s.config_text(s.slices, tick=TICK, history=HISTORY_OFF, **kwargs))
+    off = measure_ticks(d, ticks)
+    reload(d, cfg, s.config_text(s.slices, tick=TICK, **kwargs))
+    base = "the same daemon with history off ([history] enabled = false)"
+    off_ms = off.used.cpu_s * 1000 / off.ticks
+    return [
+        Result(
+            f"daemon CPU per tick, {label}, history written every tick ({HISTORY_EVERY_TICK})",
+            every.used.cpu_s * 1000 / every.ticks,
+            "ms",
+            base,
+            off_ms,
+            extra={"history_on": every.extra(), "history_off": off.extra()},
+        ),
+        Result(
+            f"daemon CPU per tick, {label}, history at its defaults (a write every 5 min"
+            " at most: the window above)",
+            window.used.cpu_s * 1000 / window.ticks,
+            "ms",
+            base,
+            off_ms,
+            extra={"history_defaults": window.extra()},
+        ),
+    ]
+
+
 def _some_sending(s: Setup, ticks: int, stat_runs: int, alone: Window) -> list[Result]:
     """1 % of the slices sending a datagram each tick, stat, a SIGHUP reload."""
     say(f"starting at {s.slices:,} slices")
@@ -446,6 +487,7 @@ def _some_sending(s: Setup, ticks: int, stat_runs: int, alone: Window) -> list[R
     d.wait_ticks(2, 60, "after the reloads")
     rss_reloads = procfs.rss_mb(d.pid)
     fds_reloads = len(os.listdir(f"/proc/{d.pid}/fd"))
+    history = _history_costs(s, d, cfg, ticks, window, "1 % sending")
     sent = sender_report(sender, s.tmp / "sender-some.log")
     d.stop()
 
@@ -469,6 +511,7 @@ def _some_sending(s: Setup, ticks: int, stat_runs: int, alone: Window) -> list[R
     stat_one = statistics.median(one_ms)
     return [
         cpu,
+        *history,
         *_write_results("1 % sending", window, alone, files),
         Result(
             f"bwbpf stat --json, {s.slices:,} slices",
@@ -542,6 +585,7 @@ def _all_capped(s: Setup, ticks: int, bare_mb: float, alone: Window) -> list[Res
     files = s.tick_files()
     rss = procfs.rss_mb(d.pid)
     still_capped = capped_slices(s.stat_doc(cfg))
+    history = _history_costs(s, d, cfg, ticks, window, "all capped", quota=CAPPED_QUOTA)
     # Last: the slices it adds stay in the state (until their period ends) after it.
     say(f"a SIGHUP adding {LARGE_ADD:,} slices")
     large = reload(d, cfg, s.config_text(s.slices + LARGE_ADD, tick=TICK, quota=CAPPED_QUOTA))
@@ -558,6 +602,7 @@ def _all_capped(s: Setup, ticks: int, bare_mb: float, alone: Window) -> list[Res
     cpu.extra.update(ticks_until_all_capped=to_cap, capped_at_end=still_capped, sender=sent)
     return [
         cpu,
+        *history,
         *_write_results("all capped", window, alone, files),
         Result(
             f"daemon RSS (VmRSS), {s.slices:,} slices, after the ticks",

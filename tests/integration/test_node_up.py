@@ -75,3 +75,38 @@ def test_a_new_qdisc_counts_before_every_class_exists(env: DaemonEnv) -> None:
     # Again on the same qdisc: nothing new, the classifier replaced in place.
     again = up_watched(env)
     assert again["total"] == total and all(attached for attached, _ in again["seen"])
+
+
+# Runs in the topology's source namespace: up, then up again with the same file read anew
+# (a reload that changes no match), keeping the program.
+REUSED = """
+import json, sys
+from bwbpf import config, node
+
+first = config.load(sys.argv[1])
+report = node.up(first, keep=True)
+second = config.load(sys.argv[1])
+again = node.up(second, current=report.program, keep=True)
+tables = again.program.tables.entries
+mine = {id(v) for s in second.slices for v in (s.id, *s.match.marks)}
+# Smaller ints are one object in every config.
+big = [v for t in tables.values() for pair in t.items() for v in pair if v > 256]
+print(json.dumps({
+    "compiled": again.compiled,
+    "same_program": again.program is report.program,
+    "ints": len(big),
+    "from_second": sum(id(v) in mine for v in big),
+}))
+again.program.close()
+"""
+
+
+def test_a_reused_program_holds_the_new_configs_tables(env: DaemonEnv) -> None:
+    """A reload that changes no match keeps the loaded program; its tables must then be the
+    new config's, or the old config's ids stay referenced (and its memory resident)."""
+    write_config(env, 300)
+    done = sh(*env.topo.in_src(sys.executable, "-c", REUSED, str(env.config)), timeout=300)
+    out = json.loads(done.stdout)
+    assert out["compiled"] is False and out["same_program"] is True
+    assert out["ints"] == 2 * (300 - 256)  # the marks and ids 257..300 of the mark table
+    assert out["from_second"] == out["ints"]
