@@ -76,8 +76,8 @@ def up(
         program = current if reuse and current is not None else datapath.Program.load(cfg)
         if program is current:
             # Equal, but made of the new config's values: the old tables' 20,000 ints at
-            # 10,000 slices would keep alive, a few in each, the 1 MiB pymalloc arenas of
-            # the config the daemon just dropped (+8 MB resident after a reload).
+            # 10,000 slices would stay alive scattered among the 1 MiB pymalloc arenas of
+            # the config the daemon just dropped, keeping those arenas resident.
             program.tables = tables
         try:
             datapath.attach(cfg, program.fd)
