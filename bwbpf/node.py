@@ -63,16 +63,19 @@ def up(
     its own slice all the same. ``progress`` is called after each batch of netlink
     requests (the daemon tells systemd's watchdog it is alive).
     """
-    specs = tree.desired_tree(cfg, ceilings)
     tables = datapath.tables_for(cfg)
     if not take_over:
         datapath.check_owner(cfg, None if current is None else current.id)
     reuse = current is not None and _same_maps(current.tables, tables)
     with Shaper(cfg.interface, progress=progress) as shaper:
         created = shaper.ensure_qdisc()
-        installed = shaper.classes()
-        first, later = _first_classes(cfg, specs) if created else (specs, [])
-        changes = shaper.apply(first, installed)
+        if created:  # nothing to compare with: every class is made
+            first, later = _first_classes(cfg, tree.desired_tree(cfg, ceilings))
+            stale: list[tuple[int, int]] = []
+        else:
+            first, stale = shaper.plan(lambda: tree.desired_tree(cfg, ceilings))
+            later = []
+        changes = shaper.put(first)
         program = current if reuse and current is not None else datapath.Program.load(cfg)
         if program is current:
             # Equal, but made of the new config's values: the old tables' 20,000 ints at
@@ -87,9 +90,9 @@ def up(
             raise
         # Attached: now the pins name it (and the previous program's pins go).
         program.publish(cfg.pin_dir)
-        changes += shaper.apply(later, installed)
-        # The dump from before apply() serves: every class apply() added is one to keep.
-        removed = shaper.remove_others({s.handle for s in specs}, installed) if remove else []
+        changes += shaper.put(later)
+        # The plan from before the puts serves: every class they added is one to keep.
+        removed = shaper.remove_stale(stale) if remove else []
     if current is not None and program is not current:
         current.close()
     if not keep:

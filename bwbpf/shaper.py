@@ -14,8 +14,9 @@ import logging
 import socket
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from bwbpf import classid, htbmsg
+from bwbpf import classid, heap, htbmsg
 from bwbpf.errors import Error
 from bwbpf.rtnl import Rtnl
 from bwbpf.tree import ClassSpec
@@ -73,6 +74,20 @@ def same(spec: ClassSpec, installed: InstalledClass) -> bool:
     )
 
 
+class Plan(NamedTuple):
+    """What makes an interface's classes a tree: the classes to create or change (parents
+    first), and the bwbpf-scheme classes under ``1:`` the tree has not (leaves first)."""
+
+    put: list[ClassSpec]
+    stale: list[tuple[int, int]]
+
+
+def difference(specs: Sequence[ClassSpec], installed: dict[int, InstalledClass]) -> Plan:
+    """The ``Plan`` from ``installed`` to ``specs`` (parents before children in specs)."""
+    put = [s for s in specs if (have := installed.get(s.handle)) is None or not same(s, have)]
+    return Plan(put, Shaper.stale({s.handle for s in specs}, installed))
+
+
 # Up to this many classes are read one request each, more by a dump of every class: at
 # 20,005 classes a dump costs as much as a few hundred single requests.
 GET_MAX = 64
@@ -86,6 +101,7 @@ class Shaper:
     ) -> None:
         """``progress`` is called after each batch of requests (``Rtnl.progress``)."""
         self.ifname = ifname
+        self._netns = netns
         self._rtnl = Rtnl(netns, progress)
         try:
             index = self._interface_index(ifname, netns)
@@ -180,6 +196,19 @@ class Shaper:
             for c in self._rtnl.classes(self.ifindex)
         }
 
+    def plan(self, tree: Callable[[], Sequence[ClassSpec]]) -> Plan:
+        """The ``Plan`` to ``tree()``, worked out in a forked child (``heap.isolated``) that
+        lists every class on a netlink socket of its own: at 20,005 classes the listing
+        and the tree are ~11 MB of objects for a moment, which in the daemon's own heap
+        left pymalloc arenas resident after every full comparison and reload."""
+        return heap.isolated(
+            lambda: self._plan_here(tree()), "the process comparing the HTB classes"
+        )
+
+    def _plan_here(self, specs: Sequence[ClassSpec]) -> Plan:
+        with Shaper(self.ifname, self._netns) as own:
+            return difference(specs, own.classes())
+
     def ceilings(self, handles: Collection[int] | None = None) -> dict[int, int]:
         """The ceiling in force (bit/s) of each HTB class, or of those of ``handles`` that
         exist: a few are asked for one by one, more by one dump without counters."""
@@ -211,14 +240,9 @@ class Shaper:
         self._rtnl.run(requests)
         return len(requests)
 
-    def remove_others(
-        self, keep: Iterable[int], installed: dict[int, InstalledClass] | None = None
-    ) -> list[int]:
-        """Delete bwbpf-scheme classes under ``1:`` that are not in keep (slices that left
-        the config); returns their handles."""
-        if installed is None:
-            installed = self.classes()
-        stale = self.stale(keep, installed)
+    def remove_stale(self, stale: Sequence[tuple[int, int]]) -> list[int]:
+        """Delete the (handle, parent) classes of a ``Plan.stale`` (slices that left the
+        config), saying so; returns their handles."""
         self.delete(stale)
         log_removed(self.ifname, stale)
         return [handle for handle, _ in stale]

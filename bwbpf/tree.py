@@ -76,5 +76,18 @@ def desired_tree(
 
 
 def handles(cfg: Config) -> set[int]:
-    """The handle of every class of cfg's tree (what is bwbpf's to keep on the interface)."""
-    return {spec.handle for spec in desired_tree(cfg)}
+    """The handle of every class of cfg's tree (what is bwbpf's to keep on the interface),
+    without making the tree."""
+    dclasses = (limits.DCLASS_NORMAL, limits.DCLASS_EXEMPT)
+    return {
+        classid.ROOT_CLASS,
+        *(classid.parent_class(d) for d in dclasses),
+        *(classid.slice_class(s.id, d) for s in cfg.all_slices() for d in dclasses),
+    }
+
+
+def added(old: Config, new: Config) -> list[ClassSpec]:
+    """The classes of new's tree that old's has not, parents first (what a reload from old
+    to new must create)."""
+    known = handles(old)
+    return [spec for spec in desired_tree(new) if spec.handle not in known]

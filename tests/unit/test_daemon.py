@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from bwbpf.datapath import Usage
 from bwbpf.errors import ConfigError, Error
 from bwbpf.ledger import Ledger
 from bwbpf.notify import CappedClass
-from bwbpf.shaper import InstalledClass, Shaper
+from bwbpf.shaper import InstalledClass, Plan, difference
+from bwbpf.tree import ClassSpec
 
 NORMAL, EXEMPT = 0, 1
 T0 = 1_000_000.0
@@ -655,7 +657,8 @@ class FakeShaper:
     def classes(self) -> dict[int, InstalledClass]:
         return {STALE: InstalledClass(STALE, classid.parent_class(NORMAL), 8, 8, 1, 0, 0)}
 
-    stale = staticmethod(Shaper.stale)
+    def plan(self, tree: Callable[[], list[ClassSpec]]) -> Plan:
+        return difference(tree(), self.classes())
 
 
 def _slice_toml(name: str, slice_id: int) -> str:
