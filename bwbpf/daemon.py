@@ -1148,7 +1148,7 @@ class Daemon:
         pending HUPs are one reload). An unexpected exception at start is one line
         (``bwbpf.Error``); after that, nothing but a signal ends the loop."""
         self.signals.install((signal.SIGHUP, signal.SIGTERM, signal.SIGINT))
-        heap.one_arena()  # before the server threads start
+        heap.tune_malloc()  # before the server threads start
         try:
             try:
                 self.start()

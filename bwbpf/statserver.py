@@ -78,7 +78,7 @@ class Encoder:
     and between two stats most slices are idle. Not thread-safe (``Answers`` locks)."""
 
     def __init__(self) -> None:
-        self._texts: dict[str, tuple[Slice, SliceRecord | None, Any, Any, str]] = {}
+        self._texts: dict[str, tuple[Slice, SliceRecord | None, Any, Any, bytes]] = {}
 
     @property
     def keeps(self) -> bool:
@@ -115,9 +115,10 @@ class Encoder:
                 entry = report.slice_entry(
                     cfg.policy, s, pair, st, _ceilings(s, record).get, unsaved
                 )
-                text = json.dumps(entry, sort_keys=True)
+                text = json.dumps(entry, sort_keys=True).encode()  # ASCII: JSON escapes
             texts[s.name] = (s, record, pair, period, text)
             pieces.append(text)
+            pieces.append(b", ")
         self._texts = texts
         # The rest of the document as report.document makes it, the slices' place held by
         # a string: the last of its kind in the text, as only "time" (a number) sorts after.
@@ -134,7 +135,10 @@ class Encoder:
         )
         rest["slices"] = _SLICES_HERE
         before, _, after = json.dumps(rest, sort_keys=True).rpartition(json.dumps(_SLICES_HERE))
-        return f"{before}[{', '.join(pieces)}]{after}".encode()
+        # One join of bytes: the answer (6.4 MB at 10,000 slices) is made once, not as a
+        # string, again as a string with the rest, and then as bytes.
+        del pieces[-1:]  # the separator after the last slice
+        return b"".join([before.encode(), b"[", *pieces, b"]", after.encode()])
 
 
 class Answers:
