@@ -493,7 +493,7 @@ def _some_sending(s: Setup, ticks: int, stat_runs: int, alone: Window) -> list[R
 
     cpu_ok = statistics.median(reads.cpu_ms) * CPU_RATIO_MAX
     cpu = _cpu_result(
-        f"daemon CPU per tick (utime+stime), {s.slices:,} slices, 1 % sending",
+        f"daemon CPU per tick (utime+stime, children included), {s.slices:,} slices, 1 % sending",
         window,
         reads,
         target=f"ratio <= {CPU_RATIO_MAX:g} and value <= {CPU_SENDING_MAX_MS:g} ms",
@@ -593,7 +593,7 @@ def _all_capped(s: Setup, ticks: int, bare_mb: float, alone: Window) -> list[Res
     d.stop()
 
     cpu = _cpu_result(
-        f"daemon CPU per tick (utime+stime), {s.slices:,} slices, all sending and capped",
+        f"daemon CPU per tick (utime+stime, children included), {s.slices:,} slices, all sending and capped",
         window,
         reads,
         target=f"value <= {CPU_CAPPED_MAX_MS:g} ms",

@@ -10,7 +10,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class Usage:
-    cpu_s: float  # utime + stime, all threads
+    cpu_s: float  # utime + stime, all threads and the children waited for
     wchar: int  # bytes passed to write(2) and the like, whatever their destination
     write_bytes: int  # bytes this process caused to be sent to storage
     # The main thread's time runnable but waiting for a CPU: a tick that takes longer than
@@ -31,8 +31,11 @@ def cpu_seconds(pid: int) -> float:
         text = f.read()
     # The command name (field 2) may hold spaces and parentheses: split after its last ")".
     fields = text.rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / CLOCK_TICKS
+    # Fields 14 to 17 of proc(5): its own user and system time, and its waited-for
+    # children's (the daemon's forked children compare HTB classes and read a reload's
+    # file for it; /proc/PID/io counts them too).
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return (utime + stime + cutime + cstime) / CLOCK_TICKS
 
 
 def io(pid: int) -> dict[str, int]:
