@@ -593,7 +593,8 @@ def _all_capped(s: Setup, ticks: int, bare_mb: float, alone: Window) -> list[Res
     d.stop()
 
     cpu = _cpu_result(
-        f"daemon CPU per tick (utime+stime, children included), {s.slices:,} slices, all sending and capped",
+        f"daemon CPU per tick (utime+stime, children included), {s.slices:,} slices,"
+        " all sending and capped",
         window,
         reads,
         target=f"value <= {CPU_CAPPED_MAX_MS:g} ms",
