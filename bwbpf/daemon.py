@@ -730,8 +730,7 @@ class Daemon:
                     )
                     self._install(ceils)
                     shaper = self._shaper_open()
-                cfg = self.cfg
-                changes = shaper.put(shaper.plan(lambda: desired_tree(cfg, ceils)).put)
+                changes = shaper.put(shaper.plan(lambda: desired_tree(self.cfg, ceils)).put)
                 self._verify_at = time.monotonic() + VERIFY_S
                 self._cleanup_due |= bool(self.cleanup_problems)  # a failed one, again
                 names: Iterable[str] = decisions
@@ -1069,9 +1068,8 @@ class Daemon:
 
     def _begin_cleanup(self, background: bool) -> None:
         try:
-            cfg = self.cfg
-            with self._open_shaper(cfg.interface) as shaper:
-                stale = shaper.plan(lambda: desired_tree(cfg)).stale
+            with self._open_shaper(self.cfg.interface) as shaper:
+                stale = shaper.plan(lambda: desired_tree(self.cfg)).stale
         except Exception as exc:
             self.cleanup_problems = [f"{self.cfg.interface}: listing HTB classes: {one_line(exc)}"]
             log.error("%s", self.cleanup_problems[0])

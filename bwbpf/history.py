@@ -42,7 +42,7 @@ _FEW_NAMES = 500
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 CACHE_KIB = 512
-# A write of at least this many rows is followed by heap.trim (the rows' lists are freed).
+# A write of at least this many rows is followed by heap.trim (what it was given is freed).
 TRIM_AFTER_ROWS = 2000
 
 _SCHEMA = """

@@ -82,10 +82,14 @@ class Plan(NamedTuple):
     stale: list[tuple[int, int]]
 
 
+def differing(specs: Iterable[ClassSpec], installed: dict[int, InstalledClass]) -> list[ClassSpec]:
+    """The specs ``installed`` lacks or holds otherwise, in their order."""
+    return [s for s in specs if (have := installed.get(s.handle)) is None or not same(s, have)]
+
+
 def difference(specs: Sequence[ClassSpec], installed: dict[int, InstalledClass]) -> Plan:
     """The ``Plan`` from ``installed`` to ``specs`` (parents before children in specs)."""
-    put = [s for s in specs if (have := installed.get(s.handle)) is None or not same(s, have)]
-    return Plan(put, Shaper.stale({s.handle for s in specs}, installed))
+    return Plan(differing(specs, installed), Shaper.stale({s.handle for s in specs}, installed))
 
 
 # Up to this many classes are read one request each, more by a dump of every class: at
@@ -227,11 +231,7 @@ class Shaper:
         requests; returns the number of changes. Parents must come before their children."""
         if installed is None:
             installed = self.classes()
-        return self.put(
-            spec
-            for spec in specs
-            if (have := installed.get(spec.handle)) is None or not same(spec, have)
-        )
+        return self.put(differing(specs, installed))
 
     def put(self, specs: Iterable[ClassSpec]) -> int:
         """Create or change these classes as they are, without listing what is installed
